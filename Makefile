@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine (no GPU needed): `make demo` and `make test`.
+# Each creates .venv if missing, installs torch 2.13.0 first (so pip takes the CPU wheel instead of the multi-GB
+# CUDA build), then this package with its dev and plots extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stackrlhf-installed
+
+.PHONY: demo test lint install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,plots]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/accelerate launch --num_processes 1 recipes/sft_stackllama.py
+	$(BIN)/accelerate launch --num_processes 1 recipes/reward_stackllama.py
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

@@ -1,0 +1,101 @@
+"""`DataArguments`: the data options of every recipe, parsed by `trl.TrlParser` beside TRL's own configs.
+
+Field names avoid those of TRL's ScriptArguments, SFTConfig, RewardConfig and ModelConfig and of transformers'
+TrainingArguments (``dataset_name``, ``dataset_config``, ``seed``, ``data_seed``, ``max_length`` ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stackrlhf.data.formats import DATASET_FORMATS, DatasetFormat, parse_column_mapping
+from stackrlhf.data.readers import BUNDLED_DATASET
+from stackrlhf.errors import ConfigError
+
+
+@dataclass
+class DataArguments:
+    """Where the preference data comes from, how to read it, and how to split it into training and evaluation rows."""
+
+    dataset_path: str = field(
+        default=BUNDLED_DATASET,
+        metadata={
+            "help": f"The preference data: a local .jsonl, .json, .csv or .parquet file (.jsonl.gz, .json.gz and "
+            f".csv.gz too), a local `datasets` folder, or a Hugging Face Hub dataset name such as "
+            f"lvwerra/stack-exchange-paired. The default, {BUNDLED_DATASET}, is the bundled 2,312-row HH-RLHF "
+            f"harmless-base test split and needs no network."
+        },
+    )
+    dataset_format: DatasetFormat = field(
+        default="auto",
+        metadata={
+            "help": "How rows are read. stack_exchange: columns question, response_j (preferred answer), response_k "
+            "(rejected answer). hh: Anthropic HH-RLHF columns chosen and rejected, each a full '\\n\\nHuman: ... "
+            "\\n\\nAssistant: ...' dialogue; the question is the shared dialogue before the last Assistant turn and "
+            "the answers are the two last Assistant turns. columns: columns question, chosen, rejected. auto: "
+            "stack_exchange if the columns include question/response_j/response_k, hh if they include "
+            "chosen/rejected but no question, columns otherwise. Column names are read after --column_mapping."
+        },
+    )
+    dataset_subset: str | None = field(
+        default=None,
+        metadata={"help": "Configuration (subset) name of a Hub dataset; not used for local files."},
+    )
+    dataset_data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder inside a Hub dataset to load, e.g. data/finetune, data/reward or data/rl for "
+            "lvwerra/stack-exchange-paired; not used for local files."
+        },
+    )
+    dataset_split: str = field(
+        default="train",
+        metadata={"help": "Split of a Hub dataset or local dataset folder to load; not used for single files."},
+    )
+    column_mapping: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rename source columns to question, chosen and rejected before reading them, as "
+            "'source=target' pairs separated by commas, e.g. 'prompt=question,better=chosen,worse=rejected'. "
+            "Columns not named keep their names."
+        },
+    )
+    skip_bad_rows: bool | None = field(
+        default=None,
+        metadata={
+            "help": "What to do with a row that cannot be used (missing field, null, empty or whitespace-only text, "
+            "a number or list where text belongs, an undecodable line, invalid UTF-8, identical answers, HH "
+            "dialogues that don't split into one question and two answers). true: skip it, and log how many were "
+            "skipped and why. false: stop with an error naming the file, row and field. Unset: skip for the "
+            "bundled sample (9 of its 2,312 rows don't split cleanly), stop for any other data. Give the value "
+            "explicitly: --skip_bad_rows true."
+        },
+    )
+    max_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use only this many usable rows in all, training and evaluation rows together: the first ones "
+            "after shuffling with --dataset_seed. Unset: use every usable row."
+        },
+    )
+    eval_samples: int = field(
+        default=200,
+        metadata={
+            "help": "Rows held out for evaluation (taken before the training rows from the shuffled data); must be "
+            "fewer than the usable rows. 0 disables the held-out set."
+        },
+    )
+    dataset_seed: int = field(
+        default=42,
+        metadata={"help": "Seed of the shuffle that picks the evaluation and training rows; same seed, same split."},
+    )
+
+    def __post_init__(self) -> None:
+        """Reject values that can never work, before any data is read."""
+        if self.dataset_format not in DATASET_FORMATS:
+            raise ConfigError(f"dataset_format {self.dataset_format!r}: choose one of {', '.join(DATASET_FORMATS)}")
+        parse_column_mapping(self.column_mapping)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples must be at least 1, got {self.max_samples}")
+        if self.eval_samples < 0:
+            raise ConfigError(f"eval_samples must not be negative, got {self.eval_samples}")

@@ -1,0 +1,53 @@
+"""StackLLaMA's prompt template and the three dataset shapes derived from preference pairs.
+
+A preference dataset has string columns ``question``, ``chosen`` and ``rejected`` (answers only). From it:
+
+- SFT: ``text`` = ``"Question: {question}\\n\\nAnswer: {chosen}"``;
+- reward modelling: ``chosen`` / ``rejected`` = the same template with either answer;
+- PPO: ``query`` = ``"Question: {question}\\n\\nAnswer: "``, the prompt the policy completes.
+"""
+
+from __future__ import annotations
+
+from datasets import Dataset, Features, Value
+
+PROMPT_TEMPLATE = "Question: {question}\n\nAnswer: "
+QUESTION_ANSWER_TEMPLATE = PROMPT_TEMPLATE + "{answer}"
+
+
+def format_prompt(question: str) -> str:
+    """The PPO query for `question`: ``"Question: {question}\\n\\nAnswer: "``."""
+    return PROMPT_TEMPLATE.format(question=question)
+
+
+def format_answer(question: str, answer: str) -> str:
+    """The full training text: ``"Question: {question}\\n\\nAnswer: {answer}"``."""
+    return QUESTION_ANSWER_TEMPLATE.format(question=question, answer=answer)
+
+
+def to_sft_dataset(pairs: Dataset) -> Dataset:
+    """SFT shape: one column ``text`` holding each question with its chosen answer."""
+    return string_dataset(
+        {"text": [format_answer(q, a) for q, a in zip(pairs["question"], pairs["chosen"], strict=True)]}
+    )
+
+
+def to_reward_dataset(pairs: Dataset) -> Dataset:
+    """Reward-model shape: columns ``chosen`` and ``rejected``, each the question with that answer."""
+    questions = list(pairs["question"])
+    return string_dataset(
+        {
+            "chosen": [format_answer(q, a) for q, a in zip(questions, pairs["chosen"], strict=True)],
+            "rejected": [format_answer(q, a) for q, a in zip(questions, pairs["rejected"], strict=True)],
+        }
+    )
+
+
+def to_prompt_dataset(pairs: Dataset) -> Dataset:
+    """PPO shape: one column ``query`` holding each question's prompt, ending in ``"Answer: "``."""
+    return string_dataset({"query": [format_prompt(q) for q in pairs["question"]]})
+
+
+def string_dataset(columns: dict[str, list[str]]) -> Dataset:
+    """An in-memory dataset of string columns (typed as strings even when it has no rows)."""
+    return Dataset.from_dict(columns, features=Features({name: Value("string") for name in columns}))

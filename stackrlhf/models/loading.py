@@ -1,0 +1,209 @@
+"""Load a base model, its tokenizer and its LoRA settings from TRL's `ModelConfig`.
+
+One entry point for every stage: a Hub name, a local directory or the bundled tiny model (`TINY_MODEL`), in
+fp32/bf16/fp16, 8-bit or 4-bit (bitsandbytes), with LoRA settings checked against the model before any training
+starts. Quantization and LoRA configs come from TRL's own `get_quantization_config` / `get_peft_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import PartialState
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.llama2c import resolve_model_name_or_path
+
+logger = logging.getLogger(__name__)
+
+ModelTask = Literal["causal_lm", "sequence_classification"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """Where a saved PEFT adapter's base model and tokenizer come from, and which head it needs."""
+
+    base_model: str
+    task: ModelTask
+    tokenizer_source: str
+
+
+def read_adapter(path: str | Path) -> AdapterInfo | None:
+    """Describe the PEFT adapter saved in `path`, or return None when `path` holds no `adapter_config.json`.
+
+    The tokenizer comes from the adapter directory when the recipe saved one there, else from the base model.
+    """
+    config_path = Path(path) / "adapter_config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    base_model = config["base_model_name_or_path"]
+    task: ModelTask = "sequence_classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
+    has_tokenizer = (Path(path) / "tokenizer_config.json").is_file()
+    return AdapterInfo(base_model=base_model, task=task, tokenizer_source=str(path) if has_tokenizer else base_model)
+
+
+def check_model_config(model_args: ModelConfig, *, training: bool = False) -> None:
+    """Reject settings that cannot work together, before anything is loaded.
+
+    Args:
+        model_args: TRL model arguments.
+        training: the model will be trained (a quantized base then needs LoRA adapters).
+
+    Raises:
+        ConfigError: no model named, 8-bit together with 4-bit, an unknown dtype, or training a quantized base
+            without LoRA.
+    """
+    if not model_args.model_name_or_path:
+        raise ConfigError(
+            "no model given: set --model_name_or_path (a Hub name, a local directory or stackrlhf/stories260K)."
+        )
+    if model_args.load_in_8bit and model_args.load_in_4bit:
+        raise ConfigError("load_in_8bit and load_in_4bit are both set: choose one quantization.")
+    if model_args.dtype not in (None, "auto", *_DTYPES):
+        raise ConfigError(f"dtype {model_args.dtype!r} is not one of auto, float32, float16, bfloat16.")
+    if training and (model_args.load_in_8bit or model_args.load_in_4bit) and not model_args.use_peft:
+        raise ConfigError(
+            "a quantized base model cannot be trained directly: add --use_peft to train LoRA adapters on it."
+        )
+
+
+def _torch_dtype(model_args: ModelConfig) -> torch.dtype | str:
+    if model_args.dtype == "auto":
+        return "auto"
+    return _DTYPES[model_args.dtype or "float32"]
+
+
+def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """Load the tokenizer of `model_args.model_name_or_path`, with a pad token set.
+
+    Models without a pad token (GPT-2, Llama) get their EOS token as padding, as StackLLaMA's scripts did.
+    """
+    name = resolve_model_name_or_path(model_args.model_name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
+    except OSError as err:
+        raise ConfigError(
+            f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({_first_line(err)})"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(
+    model_args: ModelConfig,
+    *,
+    task: ModelTask = "causal_lm",
+    num_labels: int = 1,
+    with_peft: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel | PeftModel:
+    """Load the base model described by `model_args`, quantized if asked.
+
+    Args:
+        model_args: TRL model arguments: `model_name_or_path`, `dtype`, `load_in_8bit` / `load_in_4bit`
+            (with `bnb_4bit_quant_type` and `use_bnb_nested_quant` for double quantization) and the LoRA fields.
+        task: `"causal_lm"` for policies and SFT, `"sequence_classification"` for reward models (a scalar head).
+        num_labels: outputs of the classification head; reward models use 1.
+        with_peft: also wrap the model in a new LoRA adapter built from `model_args` (`use_peft` must be set).
+        trust_remote_code: passed to `from_pretrained`.
+
+    Returns:
+        The model; on CUDA, a quantized model is placed on this process's GPU.
+
+    Raises:
+        ConfigError: conflicting settings, a model that cannot be found, or LoRA targets the model lacks.
+    """
+    check_model_config(model_args)
+    name = resolve_model_name_or_path(model_args.model_name_or_path)
+    quantization_config = get_quantization_config(model_args)
+    kwargs = {
+        "revision": model_args.model_revision,
+        "dtype": _torch_dtype(model_args),
+        "attn_implementation": model_args.attn_implementation,
+        "quantization_config": quantization_config,
+        "trust_remote_code": trust_remote_code,
+    }
+    if quantization_config is not None and torch.cuda.is_available():
+        # bitsandbytes layers are placed at load time: each process takes its own GPU (as TRL's scripts did).
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    try:
+        if task == "causal_lm":
+            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, num_labels=num_labels)
+            model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({_first_line(err)})") from err
+    # Adapters saved later record this name as their base: keep the name the user gave (e.g. the bundled
+    # `stackrlhf/stories260K`) rather than the cache directory it resolved to.
+    model.config._name_or_path = model.name_or_path = model_args.model_name_or_path
+    if task == "sequence_classification" and model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    if with_peft:
+        peft_config = build_peft_config(model_args, model)
+        if peft_config is None:
+            raise ConfigError("with_peft needs --use_peft and its LoRA settings.")
+        model = get_peft_model(model, peft_config)
+    return model
+
+
+def build_peft_config(model_args: ModelConfig, model: torch.nn.Module) -> LoraConfig | None:
+    """TRL's `get_peft_config(model_args)`, checked against the modules `model` really has.
+
+    Returns:
+        The LoRA config, or None when `use_peft` is off.
+
+    Raises:
+        ConfigError: a target module or module to save that matches nothing in `model`.
+    """
+    peft_config = get_peft_config(model_args)
+    if peft_config is None:
+        return None
+    module_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = peft_config.target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        targets = [targets]
+    if isinstance(targets, (list, set)):
+        missing = sorted(set(targets) - module_names)
+        if missing:
+            linear = sorted(
+                {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if _is_linear(mod)} - {"lm_head"}
+            )
+            raise ConfigError(
+                f"LoRA target module(s) {', '.join(missing)} not found in {type(model).__name__}; "
+                f"its linear layers are: {', '.join(linear)}."
+            )
+    missing_to_save = sorted(set(peft_config.modules_to_save or []) - module_names)
+    if missing_to_save:
+        raise ConfigError(f"lora_modules_to_save {', '.join(missing_to_save)} not found in {type(model).__name__}.")
+    return peft_config
+
+
+def _is_linear(module: torch.nn.Module) -> bool:
+    """True for torch and bitsandbytes linear layers (both subclass `torch.nn.Linear`)."""
+    return isinstance(module, torch.nn.Linear)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

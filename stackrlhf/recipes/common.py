@@ -1,0 +1,107 @@
+"""What every recipe shares: the `--dry_run` flag, parsing with readable errors, and printing a resolved config.
+
+Each recipe module defines `make_parser(subparsers=None, prog=None)` and `main(*dataclasses)`; the launcher under
+`recipes/` and the `stackrlhf <subcommand>` CLI both go through `run_recipe`, so they share one code path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import TrlParser
+
+from stackrlhf.errors import ConfigError, StackRLHFError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "stackrlhf_summary.json"
+
+
+@dataclass
+class RunArguments:
+    """Options about the run itself rather than the model, data or training."""
+
+    dry_run: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the resolved configuration (defaults, then the --config file, then command-line flags) as "
+            "YAML and exit without loading any model or data."
+        },
+    )
+
+
+def add_parser(
+    subparsers: Any | None,
+    name: str,
+    help_text: str,
+    dataclass_types: Sequence[type],
+    defaults: dict[str, Any],
+    prog: str | None = None,
+) -> TrlParser:
+    """Build a recipe's parser, standalone or as `stackrlhf <name>`, with the recipe's own defaults.
+
+    `defaults` overrides dataclass defaults (TRL's defaults target big GPUs; ours make a no-argument run work
+    offline), and `--help` shows them. A `--config file.yaml` and command-line flags override them in turn.
+    """
+    if subparsers is not None:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text, dataclass_types=dataclass_types)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, description=help_text)
+    unknown = set(defaults) - {action.dest for action in parser._actions}
+    if unknown:
+        raise ConfigError(f"recipe {name}: defaults for unknown options {sorted(unknown)}")
+    parser.set_defaults(**defaults)
+    return parser
+
+
+def parse_args(parser: TrlParser, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+    """Parse `argv` (default: `sys.argv[1:]`) and an optional `--config` YAML into the parser's dataclasses.
+
+    Raises:
+        ConfigError: an unreadable config file, an unknown key in it, or a value a dataclass rejects.
+    """
+    try:
+        return parser.parse_args_and_config(list(sys.argv[1:] if argv is None else argv))
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {err.filename!r} does not exist.") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file is not valid YAML: {_one_line(err)}") from err
+    except (ValueError, TypeError) as err:
+        raise ConfigError(_one_line(err)) from err
+
+
+def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run `main`; a `StackRLHFError` becomes one line on stderr and exit code 2."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        main(*parse_args(parser, argv))
+    except StackRLHFError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
+    """Write a stage's summary (base model, data sizes, metrics) as `stackrlhf_summary.json` beside its outputs."""
+    Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def dump_config(*configs: Any) -> str:
+    """Render dataclass configs as one YAML document, one section per dataclass (JSON-safe values)."""
+    sections = {}
+    for config in configs:
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        sections[type(config).__name__] = json.loads(json.dumps(values, default=str))
+    return yaml.safe_dump(sections, sort_keys=False, allow_unicode=True)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

@@ -1,0 +1,114 @@
+"""Merge a LoRA adapter into its base model and save a standalone model (safetensors) with its tokenizer.
+
+StackLLaMA merged after each stage so the next one starts from plain weights. The base is loaded unquantized (in
+`--dtype`), since adding LoRA deltas to 8-bit or 4-bit weights would round them away. Works for causal-LM adapters
+(SFT, PPO policy) and sequence-classification adapters with their score head (reward models). The output appears
+whole or not at all: it is written to a temporary directory and renamed into place.
+
+    stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peft import PeftModel
+from trl import ModelConfig
+
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
+from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
+
+
+@dataclass
+class MergeArguments:
+    """What to merge and where to write it."""
+
+    adapter_path: str | None = field(
+        default=None,
+        metadata={"help": "Directory of the LoRA adapter to merge (it holds adapter_config.json), e.g. outputs/sft."},
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory for the merged model; it must not exist yet unless --overwrite is given."},
+    )
+    base_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Base model to merge into. Default: the base recorded in the adapter's adapter_config.json."
+        },
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision of the merged weights (float32, bfloat16 or float16; StackLLaMA saved float16).",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace --output_dir if it already exists."})
+
+
+def merge_adapter(args: MergeArguments) -> Path:
+    """Merge `args.adapter_path` into its base and save the result to `args.output_dir`.
+
+    Returns:
+        The output directory.
+
+    Raises:
+        ConfigError: a missing adapter, an adapter that is not LoRA, or an existing output without `overwrite`.
+    """
+    if not args.adapter_path or not args.output_dir:
+        raise ConfigError("merge needs --adapter_path and --output_dir.")
+    adapter = read_adapter(args.adapter_path)
+    if adapter is None:
+        raise ConfigError(f"{args.adapter_path}: no adapter_config.json, so it is not a PEFT adapter directory.")
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not args.overwrite:
+        raise ConfigError(f"{output_dir} already exists: choose another --output_dir or pass --overwrite.")
+
+    model_args = ModelConfig(model_name_or_path=args.base_model_name_or_path or adapter.base_model, dtype=args.dtype)
+    model = PeftModel.from_pretrained(load_model(model_args, task=adapter.task), args.adapter_path)
+    merged = model.merge_and_unload()
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=adapter.tokenizer_source))
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def main(merge_args: MergeArguments, run_args: RunArguments) -> Path | None:
+    """Entry point of `recipes/merge_peft_adapter.py` and `stackrlhf merge`."""
+    if run_args.dry_run:
+        print(dump_config(merge_args))
+        return None
+    output_dir = merge_adapter(merge_args)
+    print(f"merged {merge_args.adapter_path} into its base: {output_dir}")
+    return output_dir
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    """The recipe's parser (`MergeArguments` and run options)."""
+    return add_parser(
+        subparsers,
+        "merge",
+        "Merge a LoRA adapter into its base model and save a standalone safetensors model.",
+        (MergeArguments, RunArguments),
+        {},
+        prog=prog,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_recipe(make_parser(), main))

@@ -1,0 +1,86 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+from trl import ModelConfig
+
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.loading import build_peft_config, check_model_config, load_model, load_tokenizer
+
+
+def _tiny(**kwargs) -> ModelConfig:
+    return ModelConfig(model_name_or_path=TINY_MODEL, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("quantization", "layer_type"),
+    [
+        ({"load_in_8bit": True}, bnb.nn.Linear8bitLt),
+        ({"load_in_4bit": True, "use_bnb_nested_quant": True}, bnb.nn.Linear4bit),
+    ],
+)
+def test_quantized_base_takes_a_lora_training_step(tiny_model_dir, quantization, layer_type):
+    model_args = _tiny(use_peft=True, lora_r=4, lora_target_modules=["q_proj", "v_proj", "gate_proj"], **quantization)
+    model = load_model(model_args, with_peft=True)
+    tokenizer = load_tokenizer(model_args)
+
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, layer_type)
+    if layer_type is bnb.nn.Linear4bit:
+        assert q_proj.base_layer.weight.quant_state.quant_type == "nf4"
+        assert q_proj.base_layer.weight.quant_state.nested  # double quantization
+    trainable = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    frozen_before = q_proj.base_layer.weight.detach().clone()
+
+    batch = tokenizer(["Question: Where is the ball?\n\nAnswer: In the park."], return_tensors="pt")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    optimizer.step()
+
+    assert torch.isfinite(loss)
+    changed = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, trainable[name])]
+    assert any("lora_B" in name for name in changed)
+    assert torch.equal(q_proj.base_layer.weight, frozen_before)
+
+
+def test_sequence_classification_head_for_reward_models(tiny_model_dir):
+    model = load_model(_tiny(), task="sequence_classification")
+    assert model.config.num_labels == 1
+    assert model.config.pad_token_id is not None
+    logits = model(input_ids=torch.tensor([[1, 300, 301]])).logits
+    assert logits.shape == (1, 1)
+
+
+def test_adapter_records_the_name_the_user_gave(tiny_model_dir):
+    model = load_model(_tiny())
+    assert model.config._name_or_path == TINY_MODEL
+
+
+def test_eight_and_four_bit_together_is_refused():
+    args = _tiny()
+    args.load_in_8bit = args.load_in_4bit = True
+    with pytest.raises(ConfigError, match="load_in_8bit and load_in_4bit"):
+        check_model_config(args)
+
+
+def test_training_a_quantized_base_needs_lora():
+    with pytest.raises(ConfigError, match="--use_peft"):
+        check_model_config(_tiny(load_in_8bit=True), training=True)
+
+
+def test_unknown_lora_target_names_the_real_layers(tiny_model_dir):
+    model_args = _tiny(use_peft=True, lora_target_modules=["query_key_value", "q_proj"])
+    model = load_model(_tiny())
+    with pytest.raises(ConfigError) as err:
+        build_peft_config(model_args, model)
+    message = str(err.value)
+    assert "query_key_value" in message and "q_proj" in message.split("linear layers are:")[1]
+    assert "\n" not in message
+
+
+def test_missing_model_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot load"):
+        load_model(ModelConfig(model_name_or_path=str(tmp_path / "no-such-model")))

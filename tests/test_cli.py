@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from stackrlhf import cli
+
+
+def test_cli_lists_every_subcommand(capsys):
+    assert cli.main([]) == 0
+    printed = capsys.readouterr().out
+    for command in ("sft", "reward", "merge", "convert-llama2c"):
+        assert command in printed
+
+
+def test_subcommand_shares_the_recipe_parser(capsys):
+    assert cli.main(["sft", "--dry_run", "--lora_r", "7"]) == 0
+    assert "lora_r: 7" in capsys.readouterr().out
+
+
+def test_subcommand_error_is_one_line(capsys):
+    assert cli.main(["merge", "--adapter_path", "/nonexistent"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: merge needs")
+
+
+def test_unknown_command_is_a_usage_error():
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["nonsense"])
+    assert exit_info.value.code == 2
+
+
+def test_console_script_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-c", "from stackrlhf.cli import main; raise SystemExit(main(['reward', '--help']))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and "--lora_task_type" in result.stdout
