@@ -17,9 +17,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(shell nproc)
+
+# StackLLaMA's order: SFT, merge the SFT adapter, train the reward model on the merged SFT model.
 demo: $(STAMP)
-	$(BIN)/accelerate launch --num_processes 1 recipes/sft_stackllama.py
-	$(BIN)/accelerate launch --num_processes 1 recipes/reward_stackllama.py
+	$(LAUNCH) recipes/sft_stackllama.py --output_dir outputs/sft
+	$(BIN)/stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged --overwrite
+	$(LAUNCH) recipes/reward_stackllama.py --model_name_or_path outputs/sft-merged --output_dir outputs/reward
 
 test: $(STAMP)
 	$(BIN)/ruff check .

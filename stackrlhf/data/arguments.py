@@ -60,15 +60,22 @@ class DataArguments:
             "Columns not named keep their names."
         },
     )
-    skip_bad_rows: bool | None = field(
-        default=None,
+    dataset_streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Stream a Hub dataset instead of downloading it whole (lvwerra/stack-exchange-paired is about "
+            "28 GB per folder): the first --max_samples usable rows are read in the source's order, then shuffled "
+            "and split like any other data. Requires --max_samples."
+        },
+    )
+    skip_bad_rows: bool = field(
+        default=False,
         metadata={
             "help": "What to do with a row that cannot be used (missing field, null, empty or whitespace-only text, "
             "a number or list where text belongs, an undecodable line, invalid UTF-8, identical answers, HH "
-            "dialogues that don't split into one question and two answers). true: skip it, and log how many were "
-            "skipped and why. false: stop with an error naming the file, row and field. Unset: skip for the "
-            "bundled sample (9 of its 2,312 rows don't split cleanly), stop for any other data. Give the value "
-            "explicitly: --skip_bad_rows true."
+            "dialogues that don't split into one question and two answers). Without this flag the run stops with "
+            "an error naming the file, row and field; with it such rows are skipped, and how many and why is "
+            "logged. The bundled sample's known bad rows (9 of its 2,312 don't split cleanly) are always skipped."
         },
     )
     max_samples: int | None = field(
@@ -97,5 +104,7 @@ class DataArguments:
         parse_column_mapping(self.column_mapping)
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples must be at least 1, got {self.max_samples}")
+        if self.dataset_streaming and self.max_samples is None:
+            raise ConfigError("dataset_streaming needs max_samples: how many rows to read from the stream")
         if self.eval_samples < 0:
             raise ConfigError(f"eval_samples must not be negative, got {self.eval_samples}")

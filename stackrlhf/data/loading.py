@@ -56,6 +56,8 @@ def load_preference_pairs(
     data_dir: str | None = None,
     split: str = "train",
     skip_bad_rows: bool | None = None,
+    streaming: bool = False,
+    max_pairs: int | None = None,
 ) -> LoadedPairs:
     """Read a source and normalise every row to a preference pair.
 
@@ -81,7 +83,7 @@ def load_preference_pairs(
     mapping = parse_column_mapping(column_mapping)
     if skip_bad_rows is None:
         skip_bad_rows = path == BUNDLED_DATASET
-    source = open_source(path, subset=subset, data_dir=data_dir, split=split)
+    source = open_source(path, subset=subset, data_dir=data_dir, split=split, streaming=streaming)
     # No columns: the source is empty or none of its rows could be decoded (each is reported as a bad row below).
     convert = (
         resolve_converter(source.columns, dataset_format, mapping, source=source.name) if source.columns else None
@@ -90,6 +92,8 @@ def load_preference_pairs(
     rows_read = skipped = 0
     reasons: list[str] = []
     for row in source.rows:
+        if max_pairs is not None and len(columns["question"]) >= max_pairs:
+            break
         rows_read += 1
         try:
             if row.problem:

@@ -56,7 +56,12 @@ class SourceRows:
 
 
 def open_source(
-    path: str, *, subset: str | None = None, data_dir: str | None = None, split: str = "train"
+    path: str,
+    *,
+    subset: str | None = None,
+    data_dir: str | None = None,
+    split: str = "train",
+    streaming: bool = False,
 ) -> SourceRows:
     """Open `path`: `BUNDLED_DATASET`, a local file, a local `datasets` folder, or a Hugging Face Hub dataset name.
 
@@ -66,6 +71,7 @@ def open_source(
         subset: the Hub dataset's configuration name (Hub datasets and local folders only).
         data_dir: the folder inside the Hub dataset to load (Hub datasets and local folders only).
         split: the split to load from a Hub dataset or local folder.
+        streaming: read a Hub dataset row by row instead of downloading it whole (rows come in the source's order).
 
     Raises:
         DataError: a missing or unreadable file, an unknown file type, or a Hub dataset that cannot be loaded.
@@ -75,7 +81,7 @@ def open_source(
         return read_file(BUNDLED_FILE, name=BUNDLED_FILE.name)
     local = Path(path).expanduser()
     if local.is_dir() or (not local.exists() and _looks_like_hub_name(path)):
-        return _read_datasets(path, subset=subset, data_dir=data_dir, split=split)
+        return _read_datasets(path, subset=subset, data_dir=data_dir, split=split, streaming=streaming)
     if subset or data_dir:
         raise ConfigError(f"{path}: a dataset subset or data_dir only applies to Hub datasets and local folders")
     return read_file(local, name=path)
@@ -229,10 +235,10 @@ def _read_parquet(path: Path, name: str) -> SourceRows:
     return SourceRows(name, columns, rows())
 
 
-def _read_datasets(path: str, *, subset: str | None, data_dir: str | None, split: str) -> SourceRows:
+def _read_datasets(path: str, *, subset: str | None, data_dir: str | None, split: str, streaming: bool) -> SourceRows:
     """A split of a Hugging Face Hub dataset or a local dataset folder, via `datasets.load_dataset`."""
     try:
-        dataset = datasets.load_dataset(path, subset, data_dir=data_dir, split=split)
+        dataset = datasets.load_dataset(path, subset, data_dir=data_dir, split=split, streaming=streaming)
     except (OSError, ValueError) as err:  # not found, offline, unknown split or config ...
         raise DataError(f"{path}: not a local file, and loading it with datasets failed ({_first_line(err)})") from err
 
@@ -244,6 +250,8 @@ def _read_datasets(path: str, *, subset: str | None, data_dir: str | None, split
         for number, values in enumerate(records, start=1):
             yield RawRow(number, values)
 
+    if dataset.column_names is None:  # a stream that does not declare its features: read them off the first row
+        return _with_columns(path, rows())
     return SourceRows(path, list(dataset.column_names), rows())
 
 

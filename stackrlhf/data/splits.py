@@ -53,7 +53,9 @@ def load_splits(args: DataArguments) -> tuple[Dataset, Dataset]:
         subset=args.dataset_subset,
         data_dir=args.dataset_data_dir,
         split=args.dataset_split,
-        skip_bad_rows=args.skip_bad_rows,
+        skip_bad_rows=args.skip_bad_rows or None,  # None: strict, except for the bundled sample's known bad rows
+        streaming=args.dataset_streaming,
+        max_pairs=args.max_samples if args.dataset_streaming else None,
     )
     train, held_out = split_pairs(
         loaded.pairs, eval_samples=args.eval_samples, max_samples=args.max_samples, seed=args.dataset_seed

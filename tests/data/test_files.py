@@ -9,7 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stackrlhf.data import load_preference_pairs, to_prompt_dataset, to_reward_dataset, to_sft_dataset
+from stackrlhf.data import (
+    DataArguments,
+    load_preference_pairs,
+    load_splits,
+    to_prompt_dataset,
+    to_reward_dataset,
+    to_sft_dataset,
+)
 from stackrlhf.errors import ConfigError, DataError
 
 SE_ROWS = [
@@ -171,7 +178,9 @@ def test_hub_dataset_is_loaded_through_datasets(monkeypatch):
     loaded = load_preference_pairs(
         "lvwerra/stack-exchange-paired", data_dir="data/rl", split="train", skip_bad_rows=True
     )
-    assert calls == [("lvwerra/stack-exchange-paired", None, {"data_dir": "data/rl", "split": "train"})]
+    assert calls == [
+        ("lvwerra/stack-exchange-paired", None, {"data_dir": "data/rl", "split": "train", "streaming": False})
+    ]
     assert (loaded.pairs.num_rows, loaded.skipped) == (2, 1)
     assert loaded.skip_reasons == ("row 3, field 'response_k': null value",)
 
@@ -187,3 +196,21 @@ def test_hub_failure_is_one_line(monkeypatch):
         "someone/prefs: not a local file, and loading it with datasets failed "
         "(Couldn't reach 'someone/prefs' on the Hub (OfflineModeIsEnabled))"
     )
+
+
+def test_local_dataset_folder_streams_only_the_rows_it_needs(tmp_path):
+    folder = tmp_path / "se-paired"
+    (folder / "data" / "rl").mkdir(parents=True)
+    rows = [{**row, "question": f"{row['question']} {i}"} for i in range(20) for row in SE_ROWS]
+    write_jsonl(folder / "data" / "rl" / "part-0.jsonl", rows)
+    args = DataArguments(
+        dataset_path=str(folder), dataset_data_dir="data/rl", dataset_streaming=True, max_samples=5, eval_samples=1
+    )
+    train, held_out = load_splits(args)
+    assert (train.num_rows, held_out.num_rows) == (4, 1)
+    assert sorted([*train["question"], *held_out["question"]]) == sorted(row["question"] for row in rows[:5])
+
+
+def test_streaming_needs_max_samples():
+    with pytest.raises(ConfigError, match="dataset_streaming needs max_samples"):
+        DataArguments(dataset_path="lvwerra/stack-exchange-paired", dataset_streaming=True)

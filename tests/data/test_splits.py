@@ -24,7 +24,7 @@ def numbered_pairs(count):
 def test_default_arguments_use_the_bundled_sample(default_splits):
     args = DataArguments()
     assert (args.dataset_path, args.dataset_format, args.dataset_split) == (BUNDLED_DATASET, "auto", "train")
-    assert (args.skip_bad_rows, args.max_samples, args.eval_samples, args.dataset_seed) == (None, None, 200, 42)
+    assert (args.skip_bad_rows, args.max_samples, args.eval_samples, args.dataset_seed) == (False, None, 200, 42)
     train, held_out = default_splits
     assert (train.num_rows, held_out.num_rows) == (2303 - 200, 200)
     assert train.column_names == held_out.column_names == ["question", "chosen", "rejected"]
@@ -99,7 +99,7 @@ def test_arguments_parse_from_the_command_line():
             "--dataset_path", "prefs.csv",
             "--dataset_format", "columns",
             "--column_mapping", "prompt=question",
-            "--skip_bad_rows", "true",
+            "--skip_bad_rows",
             "--max_samples", "500",
             "--eval_samples", "50",
             "--dataset_seed", "3",
@@ -116,6 +116,7 @@ def test_arguments_parse_from_the_command_line():
     )
     assert parser.parse_args_into_dataclasses([]) == (DataArguments(),)
     assert parser.parse_args_into_dataclasses(["--skip_bad_rows", "false"])[0].skip_bad_rows is False
+    assert parser.parse_args_into_dataclasses(["--skip_bad_rows"])[0].skip_bad_rows is True
 
 
 def test_argument_names_do_not_clash_with_trl_configs():
