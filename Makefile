@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(shell nproc)
+LAUNCH := $(BIN)/accelerate launch --quiet --num_processes 1 --num_cpu_threads_per_process $(shell nproc)
 
 # StackLLaMA's order: SFT, merge the SFT adapter, train the reward model on the merged SFT model.
 demo: $(STAMP)

@@ -13,6 +13,25 @@ def test_cli_lists_every_subcommand(capsys):
         assert command in printed
 
 
+@pytest.mark.parametrize("name", sorted(cli.RECIPES))
+def test_every_option_of_every_recipe_is_explained(name):
+    parser = cli.RECIPES[name].make_parser()
+    unexplained = [a.dest for a in parser._actions if a.dest != "help" and not (a.help or "").strip()]
+    assert unexplained == []
+
+
+@pytest.mark.parametrize("name", ["sft", "reward", "merge"])
+def test_dry_run_of_every_training_recipe_prints_yaml(name, capsys):
+    import yaml
+
+    assert cli.main([name, "--dry_run"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert all(isinstance(section, dict) for section in resolved.values())
+    if name != "merge":
+        assert resolved["ModelConfig"]["model_name_or_path"] == "stackrlhf/stories260K"
+        assert resolved["DataArguments"]["dataset_path"] == "stackrlhf/hh-rlhf-harmless"
+
+
 def test_subcommand_shares_the_recipe_parser(capsys):
     assert cli.main(["sft", "--dry_run", "--lora_r", "7"]) == 0
     assert "lora_r: 7" in capsys.readouterr().out

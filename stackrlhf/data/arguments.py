@@ -33,7 +33,7 @@ class DataArguments:
             "(rejected answer). hh: Anthropic HH-RLHF columns chosen and rejected, each a full '\\n\\nHuman: ... "
             "\\n\\nAssistant: ...' dialogue; the question is the shared dialogue before the last Assistant turn and "
             "the answers are the two last Assistant turns. columns: columns question, chosen, rejected. auto: "
-            "stack_exchange if the columns include question/response_j/response_k, hh if they include "
+            "stack_exchange if the columns include response_j or response_k, hh if they include "
             "chosen/rejected but no question, columns otherwise. Column names are read after --column_mapping."
         },
     )

@@ -107,7 +107,7 @@ def resolve_converter(
 ) -> RowConverter:
     """Choose how to read rows with these `columns`, after renaming them with a parsed `column_mapping`.
 
-    ``auto`` picks ``stack_exchange`` when the (renamed) columns include question/response_j/response_k, ``hh`` when
+    ``auto`` picks ``stack_exchange`` when the (renamed) columns include response_j or response_k, ``hh`` when
     they include chosen/rejected but no question, ``columns`` otherwise. Error messages name the source's own column
     names, not the mapped ones.
 
@@ -129,7 +129,7 @@ def resolve_converter(
         target: name for name, target in mapping.items()
     }
     if dataset_format == "auto":
-        if {"question", "response_j", "response_k"} <= renamed.keys():
+        if {"response_j", "response_k"} & renamed.keys():
             dataset_format = "stack_exchange"
         elif {"chosen", "rejected"} <= renamed.keys() and "question" not in renamed:
             dataset_format = "hh"
