@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,10 @@ def test_console_script_entry_point():
         timeout=120,
     )
     assert result.returncode == 0 and "--lora_task_type" in result.stdout
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "recipes" / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config, capsys):
+    recipe = config.name.split("_")[0]
+    assert cli.main([recipe, "--config", str(config), "--bf16", "false", "--dry_run"]) == 0
+    assert "model_name_or_path" in capsys.readouterr().out
