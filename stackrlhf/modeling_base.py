@@ -97,7 +97,11 @@ class PreTrainedModelWrapper(nn.Module):
     @property
     def is_gradient_checkpointing(self) -> bool:
         """Whether the wrapped model recomputes activations in the backward pass (TRL's generation helpers read it)."""
-        return getattr(self.pretrained_model, "is_gradient_checkpointing", False)
+        # transformers 5.24 renamed the property `is_activation_checkpointing` and warns on every read of the old name.
+        flag = getattr(self.pretrained_model, "is_activation_checkpointing", None)
+        if flag is None:
+            flag = getattr(self.pretrained_model, "is_gradient_checkpointing", False)
+        return bool(flag)
 
     @property
     def generation_config(self) -> Any:

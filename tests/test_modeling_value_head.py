@@ -280,6 +280,20 @@ def test_generate_is_the_wrapped_models():
     torch.testing.assert_close(generated, model.pretrained_model.generate(ids, max_new_tokens=4, do_sample=False))
 
 
+@pytest.mark.parametrize("peft_config", [None, lora()], ids=["plain", "lora"])
+def test_is_gradient_checkpointing_follows_the_model_without_deprecation_warnings(recwarn, peft_config):
+    """TRL's `unwrap_model_for_generation` reads it before every `PPOTrainer.generate`; transformers 5.24 warns on
+    the model's old `is_gradient_checkpointing` name, so the wrapper reads `is_activation_checkpointing`."""
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(TINY_MODEL, peft_config=peft_config)
+    recwarn.clear()
+    assert model.is_gradient_checkpointing is False
+    assert not [w for w in recwarn.list if "checkpointing" in str(w.message)]
+    model.pretrained_model.activation_checkpointing_enable()
+    recwarn.clear()
+    assert model.is_gradient_checkpointing is True
+    assert not [w for w in recwarn.list if "checkpointing" in str(w.message)]
+
+
 def test_value_head_width_and_dtype():
     head = ValueHead(T5Config(d_model=8), summary_dropout_prob=0.0)
     value = head(torch.randn(2, 3, 8, dtype=torch.bfloat16))
