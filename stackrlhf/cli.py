@@ -1,9 +1,9 @@
 """The `stackrlhf` command: one subcommand per recipe, each sharing the recipe's own parser and `main`.
 
-    stackrlhf sft [--config recipes/configs/sft_llama2_7b.yaml] [flags]
-    stackrlhf reward ...
-    stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
-    stackrlhf convert-llama2c --checkpoint model.bin --tokenizer tok512.bin --output_dir out/
+stackrlhf sft [--config recipes/configs/sft_llama2_7b.yaml] [flags]
+stackrlhf reward ...
+stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
+stackrlhf convert-llama2c --checkpoint model.bin --tokenizer tok512.bin --output_dir out/
 """
 
 from __future__ import annotations
