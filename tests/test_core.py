@@ -22,6 +22,7 @@ from stackrlhf.core import (
     PPODecorators,
     RunningMoments,
 )
+from tests.golden.generate_core_fixtures import TinyLM  # the generator's model, with the fixture's weights
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "fixtures" / "core.json").read_text())
 TENSORS = GOLDEN["tensors"]
@@ -190,21 +191,6 @@ def test_build_bert_batch_from_txt_pads_and_masks():
 # --- sampling and seeding --------------------------------------------------------------------------------------------
 
 SAMPLING = GOLDEN["sampling"]
-
-
-class TinyLM(torch.nn.Module):
-    """The generator's model: logits from an embedding then a linear layer, returned in a tuple."""
-
-    def __init__(self, weights):
-        super().__init__()
-        self.embed = torch.nn.Embedding.from_pretrained(torch.tensor(weights["embed"]))
-        self.head = torch.nn.Linear(4, 11)
-        with torch.no_grad():
-            self.head.weight.copy_(torch.tensor(weights["head_weight"]))
-            self.head.bias.copy_(torch.tensor(weights["head_bias"]))
-
-    def forward(self, input_ids):
-        return (self.head(self.embed(input_ids)),)
 
 
 @pytest.mark.parametrize("case", ["greedy", "sampled", "top_k_top_p"])
