@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -291,8 +292,12 @@ class PreTrainedModelWrapper(nn.Module):
 
     @classmethod
     def _get_current_device(cls) -> int | str:
-        """This process's device: its local GPU index under CUDA, `"xpu:i"` / `"npu:i"`, else `"cpu"`."""
-        state = PartialState()
+        """This process's device: its local GPU index under CUDA, `"xpu:i"` / `"npu:i"`, else `"cpu"`.
+
+        The process state is created here when the model is loaded before the `Accelerator`: honour
+        `ACCELERATE_USE_CPU` then, or a multi-process CPU launch (gloo) would be pinned to one process.
+        """
+        state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
         if is_torch_xpu_available():
             return f"xpu:{state.local_process_index}"
         if is_torch_npu_available():

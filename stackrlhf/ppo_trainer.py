@@ -210,7 +210,7 @@ class PPOTrainer:
         if is_deepspeed_used and self.ref_model is not None:
             self.ref_model = self._prepare_deepspeed(self.ref_model)
         elif self.ref_model is not None:
-            self.ref_model = self.accelerator.prepare(self.ref_model)
+            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)  # frozen: no DDP
 
         self.is_distributed = self.accelerator.num_processes > 1
         self.current_step = 0
@@ -857,9 +857,9 @@ class PPOTrainer:
         dist.barrier()
         for key, value in stats.items():
             if isinstance(value, torch.Tensor):
-                dist.all_reduce(value.to(self.accelerator.device), dist.ReduceOp.SUM)
-                value /= self.accelerator.num_processes
-            stats[key] = value
+                value = value.to(self.accelerator.device)  # reduce the tensor that is kept, not a moved copy
+                dist.all_reduce(value, dist.ReduceOp.SUM)
+                stats[key] = value / self.accelerator.num_processes
         return stats
 
     def record_step_stats(self, kl_coef: float, **data) -> dict[str, typing.Any]:
