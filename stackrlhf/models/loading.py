@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import PartialState
+from accelerate import PartialState, init_empty_weights
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     AutoConfig,
@@ -165,6 +165,26 @@ def load_model(
             raise ConfigError("with_peft needs --use_peft and its LoRA settings.")
         model = get_peft_model(model, peft_config)
     return model
+
+
+def skeleton_model(
+    model_args: ModelConfig, *, task: ModelTask = "causal_lm", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The model's architecture on the meta device: its module names and shapes, no weights, no memory.
+
+    Lets `build_peft_config` check LoRA settings before a multi-gigabyte checkpoint is loaded.
+    """
+    check_model_config(model_args)
+    name = resolve_model_name_or_path(model_args.model_name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(
+            name, revision=model_args.model_revision, num_labels=1, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({_first_line(err)})") from err
+    auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
+    with init_empty_weights():
+        return auto_class.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def build_peft_config(model_args: ModelConfig, model: torch.nn.Module) -> LoraConfig | None:

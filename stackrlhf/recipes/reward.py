@@ -20,7 +20,13 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from stackrlhf.data import DataArguments, load_splits, to_reward_dataset
 from stackrlhf.metrics import PAIRWISE_ACCURACY
 from stackrlhf.models.llama2c import TINY_MODEL
-from stackrlhf.models.loading import build_peft_config, check_model_config, load_model, load_tokenizer
+from stackrlhf.models.loading import (
+    build_peft_config,
+    check_model_config,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+)
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe, write_summary
 from stackrlhf.scoring import RewardScorer
 
@@ -61,6 +67,10 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
         The summary written to `stackrlhf_summary.json`: base model, row counts and held-out pairwise accuracy.
     """
     check_model_config(model_args, training=True)
+    skeleton = skeleton_model(
+        model_args, task="sequence_classification", trust_remote_code=training_args.trust_remote_code
+    )
+    peft_config = build_peft_config(model_args, skeleton)  # LoRA targets checked before any weights load
     train_pairs, eval_pairs = load_splits(data_args)
     tokenizer = load_tokenizer(model_args)
     model = load_model(
@@ -72,7 +82,7 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
         args=training_args,
         train_dataset=to_reward_dataset(train_pairs),
         processing_class=tokenizer,
-        peft_config=build_peft_config(model_args, model),
+        peft_config=peft_config,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

@@ -5,7 +5,13 @@ from trl import ModelConfig
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.llama2c import TINY_MODEL
-from stackrlhf.models.loading import build_peft_config, check_model_config, load_model, load_tokenizer
+from stackrlhf.models.loading import (
+    build_peft_config,
+    check_model_config,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+)
 
 
 def _tiny(**kwargs) -> ModelConfig:
@@ -84,3 +90,13 @@ def test_unknown_lora_target_names_the_real_layers(tiny_model_dir):
 def test_missing_model_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot load"):
         load_model(ModelConfig(model_name_or_path=str(tmp_path / "no-such-model")))
+
+
+@pytest.mark.parametrize("task", ["causal_lm", "sequence_classification"])
+def test_skeleton_checks_lora_targets_without_weights(tiny_model_dir, task):
+    skeleton = skeleton_model(_tiny(), task=task)
+    assert all(p.device.type == "meta" for p in skeleton.parameters())
+    args = _tiny(use_peft=True, lora_target_modules=["q_proj", "v_proj"], lora_task_type="SEQ_CLS")
+    assert build_peft_config(args, skeleton).target_modules == {"q_proj", "v_proj"}
+    with pytest.raises(ConfigError, match="query_key_value"):
+        build_peft_config(_tiny(use_peft=True, lora_target_modules=["query_key_value"]), skeleton)
