@@ -16,9 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import TrlParser
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig, TrlParser
 
+from stackrlhf.data import DataArguments, load_splits
 from stackrlhf.errors import ConfigError, StackRLHFError
+from stackrlhf.models.loading import (
+    ModelTask,
+    build_peft_config,
+    check_model_config,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +48,41 @@ class RunArguments:
             "YAML and exit without loading any model or data."
         },
     )
+
+
+@dataclass
+class TrainingSetup:
+    """What a training recipe hands its TRL trainer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    peft_config: LoraConfig | None
+    train_pairs: Dataset
+    eval_pairs: Dataset
+
+
+def prepare_training(
+    data_args: DataArguments,
+    model_args: ModelConfig,
+    *,
+    task: ModelTask = "causal_lm",
+    trust_remote_code: bool = False,
+) -> TrainingSetup:
+    """Check the settings, then load the data, tokenizer and base model, cheapest first.
+
+    The LoRA settings are checked on a meta-device skeleton before the data and the weights load, so a typo is
+    reported at once, not after a multi-gigabyte checkpoint. Sequence-classification models get the tokenizer's pad id.
+    """
+    check_model_config(model_args, training=True)
+    peft_config = build_peft_config(
+        model_args, skeleton_model(model_args, task=task, trust_remote_code=trust_remote_code)
+    )
+    train_pairs, eval_pairs = load_splits(data_args)
+    tokenizer = load_tokenizer(model_args)
+    model = load_model(model_args, task=task, trust_remote_code=trust_remote_code)
+    if task == "sequence_classification":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return TrainingSetup(model, tokenizer, peft_config, train_pairs, eval_pairs)
 
 
 def add_parser(

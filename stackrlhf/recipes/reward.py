@@ -17,17 +17,17 @@ import argparse
 import evaluate
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
-from stackrlhf.data import DataArguments, load_splits, to_reward_dataset
+from stackrlhf.data import DataArguments, to_reward_dataset
 from stackrlhf.metrics import PAIRWISE_ACCURACY
 from stackrlhf.models.llama2c import TINY_MODEL
-from stackrlhf.models.loading import (
-    build_peft_config,
-    check_model_config,
-    load_model,
-    load_tokenizer,
-    skeleton_model,
+from stackrlhf.recipes.common import (
+    RunArguments,
+    add_parser,
+    dump_config,
+    prepare_training,
+    run_recipe,
+    write_summary,
 )
-from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe, write_summary
 from stackrlhf.scoring import RewardScorer
 
 OFFLINE_DEFAULTS = {
@@ -66,23 +66,16 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
     Returns:
         The summary written to `stackrlhf_summary.json`: base model, row counts and held-out pairwise accuracy.
     """
-    check_model_config(model_args, training=True)
-    skeleton = skeleton_model(
-        model_args, task="sequence_classification", trust_remote_code=training_args.trust_remote_code
+    setup = prepare_training(
+        data_args, model_args, task="sequence_classification", trust_remote_code=training_args.trust_remote_code
     )
-    peft_config = build_peft_config(model_args, skeleton)  # LoRA targets checked before any weights load
-    train_pairs, eval_pairs = load_splits(data_args)
-    tokenizer = load_tokenizer(model_args)
-    model = load_model(
-        model_args, task="sequence_classification", num_labels=1, trust_remote_code=training_args.trust_remote_code
-    )
-    model.config.pad_token_id = tokenizer.pad_token_id
+    train_pairs, eval_pairs, tokenizer = setup.train_pairs, setup.eval_pairs, setup.tokenizer
     trainer = RewardTrainer(
-        model=model,
+        model=setup.model,
         args=training_args,
         train_dataset=to_reward_dataset(train_pairs),
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=setup.peft_config,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)

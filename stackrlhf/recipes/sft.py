@@ -16,16 +16,16 @@ import math
 
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
-from stackrlhf.data import DataArguments, load_splits, to_prompt_dataset, to_sft_dataset
+from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
 from stackrlhf.models.llama2c import TINY_MODEL
-from stackrlhf.models.loading import (
-    build_peft_config,
-    check_model_config,
-    load_model,
-    load_tokenizer,
-    skeleton_model,
+from stackrlhf.recipes.common import (
+    RunArguments,
+    add_parser,
+    dump_config,
+    prepare_training,
+    run_recipe,
+    write_summary,
 )
-from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe, write_summary
 
 OFFLINE_DEFAULTS = {
     "model_name_or_path": TINY_MODEL,
@@ -60,19 +60,15 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         The summary written to `stackrlhf_summary.json`: base model, adapter or not, row counts, eval loss and
         perplexity on the held-out rows, and one sample answer.
     """
-    check_model_config(model_args, training=True)
-    skeleton = skeleton_model(model_args, trust_remote_code=training_args.trust_remote_code)
-    peft_config = build_peft_config(model_args, skeleton)  # LoRA targets checked before any weights load
-    train_pairs, eval_pairs = load_splits(data_args)
-    tokenizer = load_tokenizer(model_args)
-    model = load_model(model_args, trust_remote_code=training_args.trust_remote_code)
+    setup = prepare_training(data_args, model_args, trust_remote_code=training_args.trust_remote_code)
+    train_pairs, eval_pairs = setup.train_pairs, setup.eval_pairs
     trainer = SFTTrainer(
-        model=model,
+        model=setup.model,
         args=training_args,
         train_dataset=to_sft_dataset(train_pairs),
         eval_dataset=to_sft_dataset(eval_pairs),
-        processing_class=tokenizer,
-        peft_config=peft_config,
+        processing_class=setup.tokenizer,
+        peft_config=setup.peft_config,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     eval_loss = trainer.evaluate()["eval_loss"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from stackrlhf.recipes import sft
+from stackrlhf.recipes import common, sft
 from stackrlhf.recipes.common import SUMMARY_FILE, parse_args, run_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def test_dry_run_prints_the_resolved_config_without_loading(tmp_path, capsys, mo
     def refuse(*args, **kwargs):
         raise AssertionError("--dry_run must not load a model")
 
-    monkeypatch.setattr(sft, "load_model", refuse)
+    monkeypatch.setattr(common, "load_model", refuse)
     args = parse_args(
         sft.make_parser(),
         [
