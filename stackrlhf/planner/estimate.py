@@ -1,0 +1,282 @@
+"""The memory plan: bytes per component, the peak, and which cards it fits.
+
+Memory is modelled in phases. Persistent tensors (weights, quantization constants, LoRA weights, value head,
+optimizer states) live throughout. On top of them, one phase at a time:
+    - `training`: activations kept for backward, logits buffers, gradients (freed by `zero_grad` after the step);
+    - `rollout` (ppo): the no-grad forward passes for log π_old, log π_ref and the values, in mini-batch chunks;
+    - `generation` (ppo): the KV cache and decoding buffers.
+`peak_allocated_bytes` (what `torch.cuda.max_memory_allocated` should read) is the persistent bytes plus the largest
+phase. `peak_bytes` adds the caching allocator's slack (reserved but unallocated blocks, `ALLOCATOR_SLACK` of the
+largest phase: transient tensors, allocated and freed step after step, are what fragment the cache; weights are
+allocated once) and the CUDA context (driver, kernels; outside PyTorch's allocator): what the card must hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+from stackrlhf.errors import ConfigError
+from stackrlhf.planner import activations
+from stackrlhf.planner.configs import load_model_config
+from stackrlhf.planner.counting import LinearLayer, ModelHead, ModelInventory, inspect_model
+from stackrlhf.planner.quantization import weight_bytes
+from stackrlhf.planner.settings import PlanSettings
+from stackrlhf.planner.training_state import lora_shapes, optimizer_state_bytes, tensor_bytes
+
+GIB = 2**30
+CARDS_GB = (16, 24, 40, 80)
+CUDA_CONTEXT_BYTES = 512 * 2**20
+"""CUDA context of one process (driver state, loaded kernels, cuBLAS handles): about 0.5 GiB with torch 2.x."""
+ALLOCATOR_SLACK = 0.10
+"""Fraction of the largest phase the caching allocator holds in reserved, unallocated blocks (fragmentation)."""
+MAX_BATCH_SEARCHED = 2**14
+FLOAT32_BYTES = 4
+
+
+@dataclass
+class MemoryPlan:
+    """The planner's answer (bytes throughout).
+
+    Attributes:
+        settings: what was planned for.
+        params_total: parameters of the (policy) model, exact, from the meta-device model.
+        trainable_params: parameters that get gradients (LoRA matrices and heads, or all of them).
+        gradient_checkpointing: whether the plan assumes activation recomputation.
+        components: bytes per component (see `COMPONENT_HELP`); phase components are not all alive at once.
+        phases: bytes of each phase's transient components (`training`, `rollout`, `generation`).
+        peak_phase: the phase with the most transient bytes.
+        peak_allocated_bytes: persistent + largest phase: what `torch.cuda.max_memory_allocated` should read.
+        peak_bytes: `peak_allocated_bytes` + allocator slack + CUDA context: what the card must hold.
+        fits: `peak_bytes` fits `settings.gpu_memory_gb`.
+        verdicts: fits, per card size in GB (16, 24, 40, 80).
+        max_batch_size: the largest `batch_size` that fits `settings.gpu_memory_gb` (mini batch capped at it);
+            0 when even 1 does not fit.
+    """
+
+    settings: PlanSettings
+    params_total: int
+    trainable_params: int
+    gradient_checkpointing: bool
+    components: dict[str, int]
+    phases: dict[str, int]
+    peak_phase: str
+    peak_allocated_bytes: int
+    peak_bytes: int
+    fits: bool
+    verdicts: dict[int, bool] = field(default_factory=dict)
+    max_batch_size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, settings as a dict, verdict keys as strings."""
+        values = dataclasses.asdict(self)
+        values["verdicts"] = {f"{gb}GB": fits for gb, fits in self.verdicts.items()}
+        return values
+
+
+COMPONENT_HELP = {
+    "quantized_weights": "int8 or packed 4-bit weights of the quantized linear layers",
+    "quantization_constants": "8-bit row scales (SCB); 4-bit absmax, code tables, nested constants",
+    "unquantized_weights": "embeddings, lm_head, norms, biases (and all weights when not quantized), buffers",
+    "other_models": "separate frozen or trained copies: reference, reward, critic (chatllama; or no LoRA)",
+    "lora_weights": "LoRA A and B matrices, float32 (plus the frozen reward adapter in the shared design)",
+    "value_head": "value head (ppo) or score head (reward), float32",
+    "gradients": "gradients of the trainable parameters",
+    "optimizer_states": "optimizer states of the trainable parameters",
+    "activations": "activations kept for the backward pass",
+    "logits": "logits and log-softmax buffers of the loss and its backward pass",
+    "rollout_logits": "logits and log-softmax of the no-grad rollout forward passes (ppo)",
+    "kv_cache": "keys and values during generation (ppo)",
+    "generation_buffers": "prefill intermediates and per-step logits during generation (ppo)",
+    "allocator_slack": "reserved but unallocated memory of PyTorch's caching allocator",
+    "cuda_context": "CUDA context, outside PyTorch's allocator",
+}
+
+PERSISTENT_COMPONENTS = frozenset(
+    {
+        "quantized_weights",
+        "quantization_constants",
+        "unquantized_weights",
+        "other_models",
+        "lora_weights",
+        "value_head",
+        "optimizer_states",
+    }
+)
+
+
+def plan(settings: PlanSettings | None = None, *, max_batch: bool = True, **overrides: Any) -> MemoryPlan:
+    """Plan the memory of `settings` (or `PlanSettings(**overrides)`, or settings with fields replaced).
+
+    `max_batch=False` skips the search for the largest batch (`max_batch_size` stays 0).
+
+    Example: `plan(model="EleutherAI/gpt-neox-20b", stage="ppo", quantization="8bit", lora_r=16).peak_bytes`.
+
+    Raises:
+        ConfigError: unknown model, LoRA targets the model lacks, or settings `PlanSettings.check` rejects.
+    """
+    settings = dataclasses.replace(settings or PlanSettings(), **overrides)
+    settings.check()
+    result = estimate(settings)
+    result.verdicts = {gb: result.peak_bytes <= gb * GIB for gb in CARDS_GB}
+    if max_batch:
+        result.max_batch_size = largest_batch(settings)
+    return result
+
+
+def estimate(settings: PlanSettings) -> MemoryPlan:
+    """Components, phases and peak of `settings` (already checked); verdicts and max batch left empty."""
+    policy = _inventory(settings.model, "reward" if settings.stage == "reward" else "causal_lm")
+    targets = lora_targets(policy, settings)
+    float_bytes = 2 if settings.quantization == "bf16" else FLOAT32_BYTES  # kbit training upcasts to float32
+    act_bytes = float_bytes
+    frozen_float_bytes = 2 if settings.quantization != "none" else FLOAT32_BYTES
+    dims = policy.dims
+
+    weights = weight_bytes(policy, settings.quantization, settings.double_quant, float_bytes)
+    trainable = _trainable_shapes(policy, targets, settings)
+    head_shapes = [] if settings.stage == "sft" else [(1, dims.hidden), (1,)]
+    components = {
+        "quantized_weights": weights.quantized,
+        "quantization_constants": weights.constants,
+        "unquantized_weights": weights.unquantized,
+        "other_models": _other_models_bytes(settings, frozen_float_bytes, float_bytes),
+        "lora_weights": tensor_bytes(trainable["lora"], FLOAT32_BYTES),
+        "value_head": tensor_bytes(head_shapes, FLOAT32_BYTES),
+    }
+    if settings.stage == "ppo" and settings.design == "shared" and settings.lora_r > 0:
+        components["lora_weights"] *= 2  # the frozen reward adapter has the policy adapter's shapes
+    trained = [(trainable["lora"], FLOAT32_BYTES), (trainable["full"], float_bytes), (head_shapes, FLOAT32_BYTES)]
+    if settings.stage == "ppo" and settings.design == "chatllama":
+        trained *= 2  # the critic is trained like the actor
+    components["gradients"] = sum(tensor_bytes(shapes, size) for shapes, size in trained)
+    components["optimizer_states"] = sum(
+        optimizer_state_bytes(shapes, size, settings.optimizer) for shapes, size in trained
+    )
+
+    lora_elements = activations.lora_elements_per_block(
+        [layer.in_features for layer in targets], settings.lora_r, dims.layers
+    )
+    length = settings.sequence_length
+    if settings.stage == "ppo":
+        train_tokens = min(settings.mini_batch_size, settings.batch_size) * length
+    else:
+        train_tokens = settings.batch_size * length * (2 if settings.stage == "reward" else 1)
+    components["activations"] = activations.training_activation_bytes(
+        dims, train_tokens, act_bytes, settings.checkpointing, lora_elements
+    )
+    components["logits"] = activations.training_logits_bytes(settings.stage, dims, train_tokens, act_bytes)
+    phases = {"training": components["activations"] + components["logits"] + components["gradients"]}
+    if settings.stage == "ppo":
+        generation_batch = min(settings.generation_batch_size or settings.batch_size, settings.batch_size)
+        components["rollout_logits"] = activations.rollout_logits_bytes(dims, train_tokens, act_bytes)
+        components["kv_cache"] = activations.kv_cache_bytes(dims, generation_batch, length, act_bytes)
+        components["generation_buffers"] = activations.generation_working_bytes(
+            dims, generation_batch, settings.query_length, act_bytes
+        )
+        phases["rollout"] = components["rollout_logits"]
+        phases["generation"] = components["kv_cache"] + components["generation_buffers"]
+    persistent = sum(components[name] for name in PERSISTENT_COMPONENTS)
+    peak_phase = max(phases, key=phases.get)
+    peak_allocated = persistent + phases[peak_phase]
+    components["allocator_slack"] = math.ceil(ALLOCATOR_SLACK * phases[peak_phase])
+    components["cuda_context"] = CUDA_CONTEXT_BYTES
+    peak = peak_allocated + components["allocator_slack"] + CUDA_CONTEXT_BYTES
+    trainable_params = sum(math.prod(shape) for shapes, _ in trained for shape in shapes)
+    return MemoryPlan(
+        settings=settings,
+        params_total=policy.params_total,
+        trainable_params=trainable_params,
+        gradient_checkpointing=settings.checkpointing,
+        components=components,
+        phases=phases,
+        peak_phase=peak_phase,
+        peak_allocated_bytes=peak_allocated,
+        peak_bytes=peak,
+        fits=peak <= settings.gpu_memory_gb * GIB,
+    )
+
+
+def largest_batch(settings: PlanSettings) -> int:
+    """The largest `batch_size` whose plan fits `settings.gpu_memory_gb` (memory grows with the batch, so a binary
+    search is exact); 0 when a batch of 1 does not fit."""
+
+    def fits(batch: int) -> bool:
+        return estimate(dataclasses.replace(settings, batch_size=batch)).fits
+
+    low, high = 0, 1
+    while high <= MAX_BATCH_SEARCHED and fits(high):
+        low, high = high, high * 2
+    high = min(high, MAX_BATCH_SEARCHED + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def lora_targets(inventory: ModelInventory, settings: PlanSettings) -> list[LinearLayer]:
+    """The linear layers that get LoRA adapters (none when `lora_r` is 0).
+
+    `all-linear` means every quantizable linear layer (peft leaves out the output layer); no targets means peft's
+    default for the model type.
+
+    Raises:
+        ConfigError: a target the model lacks (the message lists its linear layers), or no default for its type.
+    """
+    if settings.lora_r == 0:
+        return []
+    names = settings.lora_target_modules
+    if names in (["all-linear"], "all-linear"):
+        return [layer for layer in inventory.linear_layers if layer.name in inventory.quantized_layers]
+    if not names:
+        model_type = load_model_config(settings.model).model_type
+        names = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        if not names:
+            raise ConfigError(f"no default LoRA targets for model type {model_type!r}: set lora_target_modules.")
+    missing = sorted(set(names) - set(inventory.linear_names))
+    if missing:
+        raise ConfigError(
+            f"LoRA target module(s) {', '.join(missing)} not found in {inventory.architecture}; "
+            f"its linear layers are: {', '.join(inventory.linear_names)}."
+        )
+    return [layer for layer in inventory.linear_layers if layer.short_name in names]
+
+
+def _trainable_shapes(
+    inventory: ModelInventory, targets: list[LinearLayer], settings: PlanSettings
+) -> dict[str, list]:
+    if settings.lora_r > 0:
+        lora = lora_shapes([(layer.in_features, layer.out_features) for layer in targets], settings.lora_r)
+        return {"lora": lora, "full": []}
+    return {"lora": [], "full": list(inventory.parameter_shapes)}
+
+
+def _other_models_bytes(settings: PlanSettings, frozen_float_bytes: int, trained_float_bytes: int) -> int:
+    """Bytes of the models besides the policy: reference and reward (frozen, 16-bit unquantized parts when the
+    base is quantized or bf16) and, in the chatllama design, the critic (trained, like the policy)."""
+    if settings.stage != "ppo":
+        return 0
+    causal, scorer = _inventory(settings.model, "causal_lm"), _inventory(settings.model, "reward")
+    frozen_copies: list[ModelInventory] = []
+    trained_copies: list[ModelInventory] = []
+    if settings.design == "chatllama":
+        frozen_copies, trained_copies = [causal, scorer], [scorer]
+    elif settings.lora_r == 0:
+        frozen_copies = [causal, scorer]  # no adapter to disable: a reference copy and a reward model
+    total = 0
+    for inventory, float_bytes in [(m, frozen_float_bytes) for m in frozen_copies] + [
+        (m, trained_float_bytes) for m in trained_copies
+    ]:
+        total += weight_bytes(inventory, settings.quantization, settings.double_quant, float_bytes).total
+    return total
+
+
+@lru_cache(maxsize=32)
+def _inventory(model: str, role: str) -> ModelInventory:
+    head: ModelHead = "sequence_classification" if role == "reward" else "causal_lm"
+    return inspect_model(load_model_config(model), head)
