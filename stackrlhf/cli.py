@@ -2,6 +2,8 @@
 
 stackrlhf sft [--config recipes/configs/sft_llama2_7b.yaml] [flags]
 stackrlhf reward ...
+stackrlhf ppo [--config recipes/configs/ppo_llama2_7b.yaml] [flags]
+stackrlhf plan --model EleutherAI/gpt-neox-20b --stage ppo --quantization 8bit --gpu_memory_gb 24
 stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
 stackrlhf convert-llama2c --checkpoint model.bin --tokenizer tok512.bin --output_dir out/
 """
@@ -14,10 +16,19 @@ from collections.abc import Sequence
 
 from trl import TrlParser
 
-from stackrlhf.recipes import convert_llama2c, merge, reward, sft
+from stackrlhf.planner import cli as planner_cli
+from stackrlhf.recipes import convert_llama2c, merge, ppo, reward, sentiment, sft
 from stackrlhf.recipes.common import run_recipe
 
-RECIPES = {"sft": sft, "reward": reward, "merge": merge, "convert-llama2c": convert_llama2c}
+RECIPES = {
+    "sft": sft,
+    "reward": reward,
+    "merge": merge,
+    "ppo": ppo,
+    "sentiment": sentiment,
+    "plan": planner_cli,
+    "convert-llama2c": convert_llama2c,
+}
 
 
 def make_parser() -> tuple[argparse.ArgumentParser, dict[str, TrlParser]]:

@@ -7,6 +7,7 @@ transformers sequence-classification model, or an already loaded model and token
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -42,7 +43,7 @@ class RewardScorer:
         if batch_size < 1:
             raise ConfigError(f"scorer batch_size must be at least 1, got {batch_size}.")
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its padding side
         self.tokenizer.padding_side, self.tokenizer.truncation_side = "right", "left"
         self.batch_size = batch_size
         self.max_length = max_length or min(tokenizer.model_max_length, 1 << 16)
@@ -88,6 +89,42 @@ class RewardScorer:
                 max_length=self.max_length,
                 return_tensors="pt",
             ).to(device)
-            logits = self.model(**batch).logits  # (batch, 1)
-            scores.extend(logits[:, 0].float().tolist())
+            scores.extend(self.score_batch(batch["input_ids"], batch["attention_mask"]).float().tolist())
         return scores
+
+    def score_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(batch,) rewards of right-padded `input_ids` (batch, seq) with their `attention_mask`."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+
+class AdapterRewardScorer(RewardScorer):
+    """Score texts with the reward adapter of a shared-base value-head model (`reward_adapter=...`).
+
+    The policy, its reference (adapter disabled) and the reward model are one base model in memory: scoring switches
+    to the reward adapter with `compute_reward_score`, which runs without gradients and switches back to the policy
+    adapter (and restores train/eval mode) even if the forward pass fails. The reward of a text is the score head's
+    output at the position the reward recipe's sequence-classification model reads (`scored_position`).
+
+    Args:
+        model: an `AutoModelForCausalLMWithValueHead` loaded with `reward_adapter`.
+        tokenizer, batch_size, max_length, append_eos: as for `RewardScorer`.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, **kwargs) -> None:
+        if not getattr(model, "supports_rm_adapter", False):
+            raise ConfigError("AdapterRewardScorer needs a value-head model loaded with reward_adapter=PATH.")
+        was_training = model.training
+        super().__init__(model, tokenizer, **kwargs)
+        model.train(was_training)  # the policy's mode is PPO's business; scoring itself runs in eval mode
+
+    def score_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        scores = self.model.compute_reward_score(input_ids=input_ids, attention_mask=attention_mask)  # (b, seq, 1)
+        return scores[torch.arange(len(scores), device=scores.device), self.scored_position(input_ids), 0]
+
+    def scored_position(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(batch,) index of the token whose score is the reward: the last one that is not the pad token, as
+        transformers' sequence-classification models (and so the reward recipe's training) read it. With pad = EOS,
+        as for Llama, that is the token before the appended EOS."""
+        pad_id = self.tokenizer.pad_token_id
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return (positions * (input_ids != pad_id)).argmax(dim=-1)

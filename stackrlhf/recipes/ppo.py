@@ -1,0 +1,257 @@
+"""PPO, StackLLaMA's third stage, on one shared base model: policy, reference, value head and reward in one copy.
+
+The base model (the merged SFT model; bf16, 8-bit or 4-bit) is loaded once. It carries
+
+* the policy: a new LoRA adapter, with a value head on the last hidden state (`AutoModelForCausalLMWithValueHead`);
+* the reference: the same base with the adapter disabled (`ref_model=None`), for the per-token KL penalty;
+* the reward model: the reward recipe's LoRA adapter and score head (`--reward_adapter`), switched in with peft's
+  multi-adapter API under `torch.no_grad` and switched back even if scoring fails.
+
+`--reward_model PATH` instead scores with a separate sequence-classification model (optionally 8-bit), as the
+published StackLLaMA scripts did. With no model arguments at all, the SFT and reward stages are first run on the
+bundled data with the tiny model (or reused from the cache), so a bare `accelerate launch recipes/ppo_stackllama.py`
+is a complete offline demo. For Llama-2-7B:
+
+    accelerate launch recipes/ppo_stackllama.py --config recipes/configs/ppo_llama2_7b.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from trl import ModelConfig, get_quantization_config
+
+from stackrlhf.core import set_seed
+from stackrlhf.data import DataArguments, load_splits, to_prompt_dataset
+from stackrlhf.errors import ConfigError
+from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
+from stackrlhf.models.loading import (
+    build_peft_config,
+    check_model_config,
+    load_tokenizer,
+    read_adapter,
+    skeleton_model,
+)
+from stackrlhf.ppo_config import PPOConfig
+from stackrlhf.ppo_trainer import PPOTrainer
+from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.recipes.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
+from stackrlhf.recipes.stages import offline_stages
+from stackrlhf.reporting import tensor_bytes
+from stackrlhf.scoring import AdapterRewardScorer, RewardScorer
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_DEFAULTS = {
+    # PPOConfig: StackLLaMA's loop at a size that finishes in about a minute on two CPU cores
+    "steps": 30 * 16,
+    "batch_size": 16,
+    "mini_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "ppo_epochs": 4,
+    "learning_rate": 2e-3,
+    "init_kl_coef": 0.05,
+    "adap_kl_ctrl": True,
+    "reward_model": None,
+    "output_min_length": 16,
+    "output_max_length": 48,
+    "max_prompt_length": 64,
+    # ModelConfig: the policy adapter
+    "use_peft": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "lora_target_modules": ["all-linear"],
+    "eval_samples": 50,
+}
+
+
+@dataclass
+class RewardArguments:
+    """Where the reward comes from: an adapter on the policy's base (shared) or a separate model (`--reward_model`,
+    a field of `PPOConfig`)."""
+
+    reward_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "The reward recipe's LoRA adapter (with its score head), trained on the same base as "
+            "--model_name_or_path; loaded as a second adapter on the policy's base model."
+        },
+    )
+    reward_model_load_in_8bit: bool = field(
+        default=False, metadata={"help": "Load the separate --reward_model in 8-bit (StackLLaMA did)."}
+    )
+
+
+def check_arguments(reward_args: RewardArguments, ppo_config: PPOConfig, model_args: ModelConfig) -> None:
+    """Reject contradictory or incomplete settings before anything loads.
+
+    Raises:
+        ConfigError: both or (with an explicit model) neither reward source, a reward adapter without LoRA, or a
+            reward adapter directory that is not one.
+    """
+    if reward_args.reward_adapter and ppo_config.reward_model:
+        raise ConfigError("give either --reward_adapter (shared base) or --reward_model (separate model), not both.")
+    if model_args.model_name_or_path is None:
+        if reward_args.reward_adapter or ppo_config.reward_model:
+            raise ConfigError(
+                "a reward is given but no policy base: pass --model_name_or_path (the merged SFT model) as well."
+            )
+        return
+    if not (reward_args.reward_adapter or ppo_config.reward_model):
+        raise ConfigError(
+            f"--model_name_or_path {model_args.model_name_or_path} needs a reward: --reward_adapter PATH (a LoRA "
+            "adapter from the reward recipe) or --reward_model PATH (a sequence-classification model)."
+        )
+    if read_adapter(model_args.model_name_or_path) is not None:
+        raise ConfigError(
+            f"--model_name_or_path {model_args.model_name_or_path} is a LoRA adapter; PPO's base must be a full "
+            f"model (the reference). Merge it first: stackrlhf merge --adapter_path {model_args.model_name_or_path} "
+            "--output_dir <merged>."
+        )
+    if reward_args.reward_adapter:
+        if not model_args.use_peft:
+            raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
+        adapter = read_adapter(reward_args.reward_adapter)
+        if adapter is None and Path(reward_args.reward_adapter).exists():
+            raise ConfigError(f"--reward_adapter {reward_args.reward_adapter}: no adapter_config.json in it.")
+        if adapter is None and not _looks_like_hub_id(reward_args.reward_adapter):
+            raise ConfigError(f"--reward_adapter {reward_args.reward_adapter}: no such directory.")
+        if adapter is not None and adapter.task != "sequence_classification":
+            raise ConfigError(
+                f"--reward_adapter {reward_args.reward_adapter}: a {adapter.task} adapter, not a reward model's "
+                "(SEQ_CLS with a score head)."
+            )
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def load_policy(model_args: ModelConfig, reward_adapter: str | None) -> AutoModelForCausalLMWithValueHead:
+    """The base model once, with a new policy LoRA adapter, a value head and (optionally) the reward adapter."""
+    name = model_args.model_name_or_path
+    peft_config = build_peft_config(model_args, skeleton_model(model_args)) if model_args.use_peft else None
+    kwargs: dict[str, Any] = {"dtype": model_args.dtype or "float32", "peft_config": peft_config}
+    if (quantization_config := get_quantization_config(model_args)) is not None:
+        kwargs["quantization_config"] = quantization_config
+    if reward_adapter:
+        kwargs["reward_adapter"] = reward_adapter
+    try:
+        return AutoModelForCausalLMWithValueHead.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as err:
+        what = f"--reward_adapter {reward_adapter}" if reward_adapter and "adapter" in str(err) else name
+        raise ConfigError(f"cannot load {what}: {' '.join(str(err).split())[:300]}") from err
+
+
+def train_ppo(
+    data_args: DataArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    reward_args: RewardArguments,
+    loop_args: RLLoopArguments,
+    **loop_hooks: Any,
+) -> dict[str, Any]:
+    """Run StackLLaMA's RL stage (building the offline SFT and reward stages first when no model is given).
+
+    Returns:
+        The run summary written to `stackrlhf_summary.json` in `loop_args.output_dir` ({} on non-main processes).
+    """
+    check_arguments(reward_args, ppo_config, model_args)
+    summary: dict[str, Any] = {}
+    if model_args.model_name_or_path is None:
+        stages = offline_stages()
+        model_args.model_name_or_path = str(stages.sft_merged)
+        reward_args.reward_adapter = str(stages.reward_adapter)
+        summary["stages"] = {name: str(path) for name, path in vars(stages).items()}
+    check_model_config(model_args, training=True)
+    summary |= {
+        "base_model": model_args.model_name_or_path,
+        "design": "shared base" if reward_args.reward_adapter else "separate reward model",
+        "quantization": "8bit" if model_args.load_in_8bit else "4bit" if model_args.load_in_4bit else model_args.dtype,
+    }
+
+    set_seed(ppo_config.seed)  # the new adapter's and value head's initial weights depend on it
+    tokenizer = load_tokenizer(model_args, padding_side="left")
+    if tokenizer.pad_token is None:
+        raise ConfigError(
+            f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token; add one "
+            "(tokenizer.add_special_tokens) and save it with the model."
+        )
+    model = load_policy(model_args, reward_args.reward_adapter)
+    train_pairs, eval_pairs = load_splits(data_args)
+    room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
+    prompts = tokenize_prompts(to_prompt_dataset(train_pairs)["query"], tokenizer, room, data_args.dataset_path)
+
+    extra_roles: dict[str, int] = {}
+    scorer_kwargs = {"batch_size": loop_args.reward_batch_size, "max_length": room + loop_args.output_max_length}
+    if reward_args.reward_adapter:
+        reward_fn = AdapterRewardScorer(model, tokenizer, **scorer_kwargs)
+        reward_name = f"reward adapter {reward_args.reward_adapter}"
+    else:
+        reward_fn = RewardScorer.from_pretrained(
+            ppo_config.reward_model, load_in_8bit=reward_args.reward_model_load_in_8bit, **scorer_kwargs
+        )
+        if not reward_args.reward_model_load_in_8bit:
+            reward_fn.model.to(PartialState().device)
+        reward_name = f"reward model {ppo_config.reward_model}"
+        extra_roles["reward model (separate)"] = tensor_bytes(reward_fn.model.parameters())
+    # built last: it seeds every generator (ppo_config.seed), so the run does not depend on what loaded before it
+    trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
+
+    sample_queries = to_prompt_dataset(eval_pairs)["query"]
+    sample_queries = [q for q in sample_queries if len(tokenizer(q)["input_ids"]) <= room][
+        : loop_args.num_sample_prompts
+    ]
+    return run_rl_loop(
+        trainer,
+        prompts,
+        reward_fn,
+        reward_name,
+        loop_args,
+        sample_queries=sample_queries,
+        summary=summary,
+        extra_roles=extra_roles,
+        **loop_hooks,
+    )
+
+
+def main(
+    data_args: DataArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    reward_args: RewardArguments,
+    loop_args: RLLoopArguments,
+    run_args: RunArguments,
+) -> dict[str, Any] | None:
+    """Entry point of `recipes/ppo_stackllama.py` and `stackrlhf ppo`."""
+    if run_args.dry_run:
+        print(dump_config(data_args, model_args, reward_args, loop_args, ppo_config))
+        return None
+    result = train_ppo(data_args, ppo_config, model_args, reward_args, loop_args)
+    if result:
+        print(f"PPO done: policy adapter, value head, stats.jsonl, plots and samples in {loop_args.output_dir}")
+    return result
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    """The recipe's parser: data, `PPOConfig`, TRL `ModelConfig`, reward and loop options, with offline defaults."""
+    return add_parser(
+        subparsers,
+        "ppo",
+        "PPO (StackLLaMA stage 3) on one shared base: LoRA policy + value head, reference = adapter off, reward = a "
+        "second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
+        (DataArguments, PPOConfig, ModelConfig, RewardArguments, RLLoopArguments, RunArguments),
+        OFFLINE_DEFAULTS,
+        prog=prog,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_recipe(make_parser(), main))

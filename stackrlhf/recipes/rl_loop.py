@@ -1,0 +1,387 @@
+"""The RL loop of StackLLaMA's third stage, shared by the StackLLaMA and sentiment recipes.
+
+Each PPO step, on every process:
+
+1. take the next `batch_size` prompts of a seeded per-epoch shuffle (so the data position is just the step number);
+2. `PPOTrainer.generate` responses, batched, with `output_min_length <= max_new_tokens < output_max_length` drawn by a
+   `LengthSampler`;
+3. score `query + response` with the reward function, check every reward is finite, subtract `reward_baseline`;
+4. `PPOTrainer.step(queries, responses, rewards)`, then `log_stats` (trackers) and one line of `stats.jsonl`;
+5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.checkpointing`).
+
+At the end the policy (adapter + value head) and tokenizer are saved in `output_dir`, with plots, sample generations
+before and after training, `stackrlhf_summary.json` and a printed table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from stackrlhf.checkpointing import (
+    load_ppo_checkpoint,
+    resolve_checkpoint,
+    rng_state,
+    save_ppo_checkpoint,
+    set_rng_state,
+)
+from stackrlhf.core import LengthSampler
+from stackrlhf.errors import ConfigError
+from stackrlhf.ppo_trainer import PPOTrainer
+from stackrlhf.recipes.common import write_summary
+from stackrlhf.reporting import (
+    STATS_FILE,
+    StatsLog,
+    format_bytes,
+    format_table,
+    plot_stats,
+    read_stats,
+    role_bytes,
+    summarize,
+)
+from stackrlhf.rewards import RewardFunction, check_rewards
+
+logger = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.json"
+
+
+@dataclass
+class RLLoopArguments:
+    """Options of the RL loop: generation lengths, reward baseline, outputs, checkpoints."""
+
+    output_dir: str = field(
+        default="outputs/ppo",
+        metadata={"help": "Where the policy adapter, value head, stats.jsonl, plots, samples and checkpoints go."},
+    )
+    output_min_length: int = field(
+        default=32, metadata={"help": "Shortest response budget in tokens (LengthSampler lower bound)."}
+    )
+    output_max_length: int = field(
+        default=128, metadata={"help": "Response budget upper bound in tokens (excluded, as in StackLLaMA)."}
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Drop prompts longer than this many tokens (StackLLaMA kept those under 512). Default and upper "
+            "bound: the model's context minus output_max_length."
+        },
+    )
+    generation_batch_size: int = field(
+        default=16, metadata={"help": "Prompts per batched `generate` call (StackLLaMA's batched_gen)."}
+    )
+    reward_baseline: float = field(
+        default=0.0, metadata={"help": "Subtracted from every reward before the PPO step (StackLLaMA's option)."}
+    )
+    reward_batch_size: int = field(default=16, metadata={"help": "Texts per reward-model forward pass."})
+    save_steps: int = field(
+        default=0, metadata={"help": "Write a resumable checkpoint every this many PPO steps (0: never)."}
+    )
+    save_total_limit: int | None = field(
+        default=None, metadata={"help": "Keep only the newest this many checkpoints (default: keep all)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "A checkpoint directory to resume from, or 'latest' for the newest in --output_dir."},
+    )
+    num_sample_prompts: int = field(
+        default=4, metadata={"help": "Held-out prompts whose generations are saved before and after training."}
+    )
+    sample_max_new_tokens: int = field(default=48, metadata={"help": "Length budget of those sample generations."})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.output_min_length < self.output_max_length:
+            raise ConfigError(
+                f"need 0 < output_min_length < output_max_length, got {self.output_min_length} and "
+                f"{self.output_max_length}."
+            )
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ConfigError(f"max_prompt_length must be at least 1, got {self.max_prompt_length}.")
+        for name in ("generation_batch_size", "reward_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.save_steps < 0:
+            raise ConfigError(f"save_steps must be 0 (off) or positive, got {self.save_steps}.")
+
+
+@dataclass
+class Prompts:
+    """Tokenized prompts: `texts[i]` and its ids `input_ids[i]` (1-D LongTensor, no padding)."""
+
+    texts: list[str]
+    input_ids: list[torch.Tensor]
+
+
+def tokenize_prompts(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, source: str
+) -> Prompts:
+    """Tokenize `texts`, dropping (with a warning) those longer than `max_prompt_length` tokens.
+
+    Raises:
+        ConfigError: no prompt is short enough.
+    """
+    kept_texts, kept_ids, longest = [], [], 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        longest = max(longest, len(ids))
+        if 0 < len(ids) <= max_prompt_length:
+            kept_texts.append(text)
+            kept_ids.append(torch.tensor(ids, dtype=torch.long))
+    dropped = len(texts) - len(kept_texts)
+    if not kept_texts:
+        raise ConfigError(
+            f"{source}: all {len(texts)} prompts are longer than {max_prompt_length} tokens (longest {longest}); "
+            "raise --max_prompt_length, lower --output_max_length or use shorter prompts."
+        )
+    if dropped:
+        logger.warning(
+            "%s: dropped %d of %d prompts longer than %d tokens (longest %d).",
+            source,
+            dropped,
+            len(texts),
+            max_prompt_length,
+            longest,
+        )
+    return Prompts(kept_texts, kept_ids)
+
+
+def prompt_budget(model_config: Any, tokenizer: PreTrainedTokenizerBase, args: RLLoopArguments) -> int:
+    """The longest prompt kept: `args.max_prompt_length`, at most the room left in the model's context once
+    `output_max_length` response tokens are reserved.
+
+    Raises:
+        ConfigError: the responses alone fill the context.
+    """
+    context = getattr(model_config, "max_position_embeddings", None) or tokenizer.model_max_length
+    room = context - args.output_max_length
+    if room < 1:
+        raise ConfigError(
+            f"output_max_length {args.output_max_length} leaves no room for a prompt in the model's {context}-token "
+            "context; lower --output_max_length."
+        )
+    if args.max_prompt_length is not None and args.max_prompt_length > room:
+        raise ConfigError(
+            f"max_prompt_length {args.max_prompt_length} + output_max_length {args.output_max_length} exceed the "
+            f"model's {context}-token context."
+        )
+    return args.max_prompt_length or room
+
+
+def prompt_indices(step: int, num_prompts: int, batch_size: int, seed: int, rank: int, world_size: int) -> np.ndarray:
+    """The prompts of PPO step `step` on process `rank`: a fresh seeded shuffle per pass over the data.
+
+    Raises:
+        ConfigError: fewer prompts than one global batch (`batch_size * world_size`).
+    """
+    global_batch = batch_size * world_size
+    steps_per_epoch = num_prompts // global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{num_prompts} prompts are fewer than one batch ({batch_size} x {world_size} processes); "
+            "lower --batch_size or give more data."
+        )
+    epoch, offset = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_prompts)
+    start = offset * global_batch + rank * batch_size
+    return order[start : start + batch_size]
+
+
+@contextlib.contextmanager
+def preserved_rng(seed: int) -> Iterator[None]:
+    """Run the block with generators seeded by `seed`, then put every generator back as it was, so that optional
+    work (sample generations) never changes the training run."""
+    saved = rng_state()
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+def generate_samples(
+    trainer: PPOTrainer,
+    queries: Sequence[str],
+    reward_fn: RewardFunction,
+    max_new_tokens: int,
+    generation_kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Generate one response per query (seeded sampling that leaves the training RNG untouched) and score it."""
+    if not queries:
+        return []
+    with preserved_rng(1234):
+        ids = [trainer.tokenizer(q, return_tensors="pt")["input_ids"][0].to(trainer.current_device) for q in queries]
+        kwargs = generation_kwargs | {"max_new_tokens": max_new_tokens}
+        responses = trainer.generate(ids, return_prompt=False, batch_size=len(ids), **kwargs)
+    texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
+    scores = reward_fn([q + r for q, r in zip(queries, texts, strict=True)])
+    return [{"query": q, "response": r, "reward": s} for q, r, s in zip(queries, texts, scores, strict=True)]
+
+
+def run_rl_loop(
+    trainer: PPOTrainer,
+    prompts: Prompts,
+    reward_fn: RewardFunction,
+    reward_name: str,
+    args: RLLoopArguments,
+    *,
+    sample_queries: Sequence[str] = (),
+    generation_kwargs: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+    extra_roles: dict[str, int] | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `trainer`'s policy for `config.total_ppo_epochs` PPO steps on `prompts` against `reward_fn`.
+
+    Args:
+        trainer: a `PPOTrainer` over a value-head policy.
+        prompts: the training prompts (each process draws its own share of every step's global batch).
+        reward_fn: texts (query + response) -> rewards.
+        reward_name: how errors and the summary name the reward.
+        args: loop options.
+        sample_queries: held-out prompts generated and scored before and after training.
+        generation_kwargs: for `generate`; default: sampling with top_k 0 and top_p 1 (StackLLaMA's).
+        summary: fields merged into `stackrlhf_summary.json` (e.g. the stages' checkpoints).
+        extra_roles: parameter bytes of models outside the policy (a separate reward model) for the memory table.
+        on_step: called as `on_step(step, stats)` at the end of each step, after its checkpoint (tests interrupt
+            runs here).
+
+    Returns:
+        The run summary (also written to `stackrlhf_summary.json` in `args.output_dir`).
+    """
+    config, accelerator, tokenizer = trainer.config, trainer.accelerator, trainer.tokenizer
+    output_dir = Path(args.output_dir)
+    generation_kwargs = generation_kwargs or {
+        "top_k": 0,
+        "top_p": 1.0,
+        "do_sample": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    length_sampler = LengthSampler(args.output_min_length, args.output_max_length)
+    total_steps = config.total_ppo_epochs
+
+    start_step = 0
+    checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    if checkpoint is not None:
+        start_step = load_ppo_checkpoint(trainer, checkpoint)["step"]
+        logger.info("Resumed from %s at step %d of %d.", checkpoint, start_step, total_steps)
+    is_main = accelerator.is_main_process
+    stats_log = StatsLog(output_dir / STATS_FILE, resume_step=start_step) if is_main else None
+    samples = _read_samples(output_dir) if checkpoint is not None else {}
+    if is_main and "before" not in samples:
+        samples["before"] = generate_samples(
+            trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
+        )
+        _write_samples(output_dir, samples)
+
+    progress = tqdm(
+        range(start_step, total_steps), initial=start_step, total=total_steps, desc="PPO", disable=not is_main
+    )
+    for step in progress:
+        started = time.perf_counter()
+        indices = prompt_indices(
+            step,
+            len(prompts.texts),
+            config.batch_size,
+            config.seed,
+            accelerator.process_index,
+            accelerator.num_processes,
+        )
+        queries = [prompts.input_ids[i].to(trainer.current_device) for i in indices]
+        query_texts = [prompts.texts[i] for i in indices]
+        responses = trainer.generate(
+            queries,
+            return_prompt=False,
+            length_sampler=length_sampler,
+            batch_size=args.generation_batch_size,
+            **generation_kwargs,
+        )
+        response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        texts = [q + r for q, r in zip(query_texts, response_texts, strict=True)]
+        scores = check_rewards(reward_fn(texts), texts, reward_name, step)
+        rewards = [torch.tensor(score - args.reward_baseline) for score in scores]
+        stats = trainer.step(queries, responses, rewards)
+        trainer.log_stats(stats, {"query": query_texts, "response": response_texts}, rewards)
+
+        all_scores = accelerator.gather(torch.tensor(scores, device=trainer.current_device)).cpu().tolist()
+        seconds = time.perf_counter() - started
+        if stats_log is not None:
+            record = stats_log.write(step, stats, all_scores, seconds)
+            progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record.get('objective/kl', 0):.3f}")
+        if args.save_steps and (step + 1) % args.save_steps == 0 and step + 1 < total_steps:
+            save_ppo_checkpoint(trainer, output_dir, step + 1, {"total_steps": total_steps}, args.save_total_limit)
+        if on_step is not None:
+            on_step(step, stats)
+
+    if not is_main:
+        accelerator.wait_for_everyone()
+        return {}
+    trainer.save_pretrained(output_dir)
+    samples["after"] = generate_samples(
+        trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
+    )
+    _write_samples(output_dir, samples)
+    records = read_stats(output_dir / STATS_FILE)
+    plot = plot_stats(records, output_dir / "plots" / "training.png", f"PPO: {reward_name}") if records else None
+    model = accelerator.unwrap_model(trainer.model)
+    roles = role_bytes(model, trainer.optimizer) | (extra_roles or {})
+    if torch.cuda.is_available():
+        roles["CUDA peak allocated"] = torch.cuda.max_memory_allocated()
+    result = {
+        "stage": "ppo",
+        "reward": reward_name,
+        **(summary or {}),
+        **summarize(records),
+        "memory_bytes": roles,
+        "plot": str(plot) if plot else None,
+        "processes": accelerator.num_processes,
+    }
+    write_summary(output_dir, result)
+    print(end_of_run_table(result, samples))
+    accelerator.wait_for_everyone()
+    return result
+
+
+def end_of_run_table(result: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> str:
+    """The printed summary: steps, mean reward of the first and last 20% of steps, KL, time, memory per role."""
+    rows = [
+        ("PPO steps", str(result.get("steps", 0))),
+        ("mean reward, first 20% of steps", f"{result.get('reward_first', float('nan')):.4f}"),
+        ("mean reward, last 20% of steps", f"{result.get('reward_last', float('nan')):.4f}"),
+        ("KL to reference, last step (nats)", f"{result.get('kl_last', float('nan')):.4f}"),
+        ("time in PPO steps", f"{result.get('seconds', 0.0):.1f} s"),
+    ]
+    rows += [(f"memory: {role}", format_bytes(size)) for role, size in result["memory_bytes"].items()]
+    lines = [format_table(rows, ("PPO run", "value"))]
+    for before, after in zip(samples.get("before", []), samples.get("after", []), strict=False):
+        lines.append(f"\nprompt: {_short(before['query'])}")
+        lines.append(f"  before ({before['reward']:+.3f}): {_short(before['response'])}")
+        lines.append(f"  after  ({after['reward']:+.3f}): {_short(after['response'])}")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _read_samples(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / SAMPLES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_samples(output_dir: Path, samples: dict[str, Any]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,164 @@
+"""Quick start, the classic TRL example: PPO teaches a small LM to write positive text.
+
+TRL's gpt2-sentiment example (and the gpt-neox-20b one of the 20B-on-24GB write-up) continues movie-review openings
+and rewards the positive logit of an IMDB sentiment classifier. Offline, with no arguments, this recipe continues
+short story openings with the bundled stories260K model and rewards VADER's compound sentiment of the text (the
+`vaderSentiment` lexicon ships in its wheel: no model, no network). `--reward_model NAME` uses any transformers
+sentiment classifier instead (its positive logit), e.g. `lvwerra/distilbert-imdb` with Hub access. The policy is a LoRA
+adapter with a value head; the reference is the same model with the adapter disabled.
+
+    python recipes/ppo_sentiment.py
+    accelerate launch recipes/ppo_sentiment.py --config recipes/configs/ppo_sentiment_gpt_neox_20b.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from accelerate import PartialState
+from trl import ModelConfig
+
+from stackrlhf.core import set_seed
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.loading import check_model_config, load_tokenizer
+from stackrlhf.ppo_config import PPOConfig
+from stackrlhf.ppo_trainer import PPOTrainer
+from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.recipes.ppo import load_policy
+from stackrlhf.recipes.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
+from stackrlhf.rewards import ClassifierSentimentReward, VaderSentimentReward
+
+OFFLINE_DEFAULTS = {
+    "model_name_or_path": TINY_MODEL,
+    "use_peft": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.0,
+    "lora_target_modules": ["all-linear"],
+    "steps": 40 * 32,
+    "batch_size": 32,
+    "mini_batch_size": 8,
+    "ppo_epochs": 4,
+    "learning_rate": 3e-3,
+    "init_kl_coef": 0.05,
+    "reward_model": None,
+    "output_dir": "outputs/ppo-sentiment",
+    "output_min_length": 8,
+    "output_max_length": 24,
+    "num_sample_prompts": 6,
+    "sample_max_new_tokens": 24,
+}
+
+
+@dataclass
+class SentimentArguments:
+    """The prompts: story openings (bundled), or one prompt per line of a text file."""
+
+    prompts_file: str | None = field(
+        default=None,
+        metadata={"help": "A UTF-8 text file with one prompt per line. Default: the bundled story openings."},
+    )
+    num_heldout_prompts: int = field(
+        default=8, metadata={"help": "Prompts kept out of training for the before/after samples."}
+    )
+
+
+def bundled_openings() -> list[str]:
+    """The bundled story openings (written for this project, one per line)."""
+    text = resources.files("stackrlhf.data").joinpath("bundled/stories/openings.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_prompts(args: SentimentArguments) -> list[str]:
+    """The prompts of `args.prompts_file` (blank lines skipped) or the bundled openings.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8 text, or has fewer prompts than held-out ones plus one.
+    """
+    if args.prompts_file is None:
+        prompts = bundled_openings()
+    else:
+        path = Path(args.prompts_file)
+        try:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except FileNotFoundError as err:
+            raise ConfigError(f"--prompts_file {path}: no such file.") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"--prompts_file {path}: not UTF-8 text (byte {err.start}).") from err
+    if len(prompts) <= args.num_heldout_prompts:
+        raise ConfigError(
+            f"{args.prompts_file or 'bundled openings'}: {len(prompts)} prompts, but {args.num_heldout_prompts} are "
+            "held out for samples; give more prompts or lower --num_heldout_prompts."
+        )
+    return prompts
+
+
+def train_sentiment(
+    sentiment_args: SentimentArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    loop_args: RLLoopArguments,
+    **loop_hooks: Any,
+) -> dict[str, Any]:
+    """Train the policy to write positive continuations; returns the run summary."""
+    check_model_config(model_args, training=True)
+    prompts = read_prompts(sentiment_args)
+    if ppo_config.reward_model:
+        reward_fn = ClassifierSentimentReward(ppo_config.reward_model, device=PartialState().device)
+        reward_name = f"positive logit of {ppo_config.reward_model}"
+    else:
+        reward_fn, reward_name = VaderSentimentReward(), "VADER compound sentiment"
+    set_seed(ppo_config.seed)
+    tokenizer = load_tokenizer(model_args, padding_side="left")
+    if tokenizer.pad_token is None:
+        raise ConfigError(f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token.")
+    model = load_policy(model_args, reward_adapter=None)
+    room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
+    heldout, train = prompts[: sentiment_args.num_heldout_prompts], prompts[sentiment_args.num_heldout_prompts :]
+    trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
+    return run_rl_loop(
+        trainer,
+        tokenize_prompts(train, tokenizer, room, sentiment_args.prompts_file or "bundled openings"),
+        reward_fn,
+        reward_name,
+        loop_args,
+        sample_queries=heldout[: loop_args.num_sample_prompts],
+        summary={"base_model": model_args.model_name_or_path, "design": "shared base (LoRA policy)"},
+        **loop_hooks,
+    )
+
+
+def main(
+    sentiment_args: SentimentArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    loop_args: RLLoopArguments,
+    run_args: RunArguments,
+) -> dict[str, Any] | None:
+    """Entry point of `recipes/ppo_sentiment.py` and `stackrlhf sentiment`."""
+    if run_args.dry_run:
+        print(dump_config(sentiment_args, model_args, loop_args, ppo_config))
+        return None
+    return train_sentiment(sentiment_args, ppo_config, model_args, loop_args)
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    """The recipe's parser: prompts, `PPOConfig`, TRL `ModelConfig` and loop options, with offline defaults."""
+    return add_parser(
+        subparsers,
+        "sentiment",
+        "Quick start: PPO makes a small LM write positive text (TRL's gpt2-sentiment example). Offline by default: "
+        "stories260K continues story openings, VADER scores the sentiment; --reward_model takes a classifier.",
+        (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments, RunArguments),
+        OFFLINE_DEFAULTS,
+        prog=prog,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_recipe(make_parser(), main))

@@ -1,0 +1,89 @@
+"""The offline pipeline's first stages, built once and cached: SFT, merge, reward model on the merged SFT model.
+
+`accelerate launch recipes/ppo_stackllama.py` with no checkpoints runs StackLLaMA's order on the bundled data and
+tiny model: the SFT recipe, a merge of its adapter (the SFT model is then PPO's frozen base and reference), and the
+reward recipe on the merged model (so its adapter fits that same base). Each stage's output is reused when it is
+already in the cache (`$STACKRLHF_CACHE/pipeline`), with its recipe defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from accelerate import PartialState
+
+from stackrlhf.checkpointing import write_atomically
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.llama2c import cache_root
+from stackrlhf.recipes import merge, reward, sft
+from stackrlhf.recipes.common import parse_args
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_VERSION = "v1"
+
+
+@dataclass
+class StageOutputs:
+    """Where the cached stages are: the merged SFT model (PPO's base) and the reward adapter trained on it."""
+
+    sft_adapter: Path
+    sft_merged: Path
+    reward_adapter: Path
+
+
+def pipeline_cache() -> Path:
+    """The directory of the cached offline stages."""
+    return cache_root() / "pipeline" / PIPELINE_VERSION
+
+
+def offline_stages(cache: Path | None = None) -> StageOutputs:
+    """Build (or reuse) the SFT adapter, the merged SFT model and the reward adapter on the bundled data.
+
+    Raises:
+        ConfigError: a stage is missing and this is one of several processes (build it in one process first).
+    """
+    cache = cache or pipeline_cache()
+    outputs = StageOutputs(cache / "sft", cache / "sft-merged", cache / "reward")
+    missing = [path for path in vars(outputs).values() if not path.is_dir()]
+    if missing and PartialState().num_processes > 1:
+        raise ConfigError(
+            f"the offline SFT and reward stages are not built yet ({missing[0]} is missing); build them once "
+            "with one process (`stackrlhf stages`), or pass --model_name_or_path and --reward_adapter."
+        )
+    _build(outputs.sft_adapter, "SFT", lambda out: sft.main(*parse_args(sft.make_parser(), ["--output_dir", out])))
+    _build(
+        outputs.sft_merged,
+        "merge",
+        lambda out: merge.main(
+            *parse_args(merge.make_parser(), ["--adapter_path", str(outputs.sft_adapter), "--output_dir", out])
+        ),
+    )
+    _build(
+        outputs.reward_adapter,
+        "reward",
+        lambda out: reward.main(
+            *parse_args(reward.make_parser(), ["--model_name_or_path", str(outputs.sft_merged), "--output_dir", out])
+        ),
+    )
+    return outputs
+
+
+def _build(path: Path, stage: str, run: Callable[[str], object]) -> None:
+    if path.is_dir():  # stages appear by an atomic rename, so a directory is a complete stage
+        logger.info("Reusing the cached %s stage in %s.", stage, path)
+        return
+    logger.info("Running the %s stage into %s (cached for later runs).", stage, path)
+    # the stage writes into a staging directory that is renamed into place once complete
+    write_atomically(path.parent, path.name, lambda staging: _run_into(run, staging))
+
+
+def _run_into(run: Callable[[str], object], staging: Path) -> None:
+    target = staging / "out"  # merge wants a directory that does not exist yet
+    run(str(target))
+    for item in target.iterdir():
+        item.rename(staging / item.name)
+    target.rmdir()
