@@ -20,11 +20,12 @@ logger = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
 PLOTTED = {
-    "env/reward_mean": "mean reward",
+    "reward_mean": "mean reward",
     "objective/kl": "KL to the reference (nats)",
     "ppo/loss/value": "value loss",
     "objective/entropy": "entropy (nats per response)",
 }
+SMOOTHING = 5
 
 
 class StatsLog:
@@ -104,7 +105,12 @@ def plot_stats(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
     steps = [record["step"] + 1 for record in records]
     figure, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     for axis, (key, label) in zip(axes.flat, PLOTTED.items(), strict=True):
-        axis.plot(steps, [record.get(key, float("nan")) for record in records], marker=".", linewidth=1)
+        values = np.array([record.get(key, float("nan")) for record in records], dtype=float)
+        axis.plot(steps, values, marker=".", linewidth=0.8, alpha=0.6, label="per step")
+        if len(values) >= 2 * SMOOTHING:
+            smooth = np.convolve(values, np.ones(SMOOTHING) / SMOOTHING, mode="valid")
+            axis.plot(steps[SMOOTHING - 1 :], smooth, linewidth=2, label=f"mean of {SMOOTHING} steps")
+            axis.legend(fontsize=8)
         axis.set_title(label)
         axis.grid(alpha=0.3)
     for axis in axes[1]:

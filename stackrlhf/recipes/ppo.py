@@ -49,12 +49,12 @@ logger = logging.getLogger(__name__)
 
 OFFLINE_DEFAULTS = {
     # PPOConfig: StackLLaMA's loop at a size that finishes in about a minute on two CPU cores
-    "steps": 30 * 16,
+    "steps": 40 * 16,
     "batch_size": 16,
     "mini_batch_size": 4,
     "gradient_accumulation_steps": 1,
     "ppo_epochs": 4,
-    "learning_rate": 2e-3,
+    "learning_rate": 5e-4,
     "init_kl_coef": 0.05,
     "adap_kl_ctrl": True,
     "reward_model": None,
@@ -174,6 +174,8 @@ def train_ppo(
     summary |= {
         "base_model": model_args.model_name_or_path,
         "design": "shared base" if reward_args.reward_adapter else "separate reward model",
+        "reward_adapter": reward_args.reward_adapter,
+        "reward_model": ppo_config.reward_model,
         "quantization": "8bit" if model_args.load_in_8bit else "4bit" if model_args.load_in_4bit else model_args.dtype,
     }
 

@@ -19,7 +19,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from accelerate import PartialState
+from datasets import load_dataset
+from transformers import PreTrainedTokenizerBase
 from trl import ModelConfig
 
 from stackrlhf.core import set_seed
@@ -44,7 +47,7 @@ OFFLINE_DEFAULTS = {
     "batch_size": 32,
     "mini_batch_size": 8,
     "ppo_epochs": 4,
-    "learning_rate": 3e-3,
+    "learning_rate": 1e-3,
     "init_kl_coef": 0.05,
     "reward_model": None,
     "output_dir": "outputs/ppo-sentiment",
@@ -57,15 +60,44 @@ OFFLINE_DEFAULTS = {
 
 @dataclass
 class SentimentArguments:
-    """The prompts: story openings (bundled), or one prompt per line of a text file."""
+    """The prompts: story openings (bundled), one prompt per line of a text file, or the openings of a dataset's texts
+    (TRL's example took the first 2-7 tokens of IMDB reviews)."""
 
     prompts_file: str | None = field(
         default=None,
         metadata={"help": "A UTF-8 text file with one prompt per line. Default: the bundled story openings."},
     )
+    prompts_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A Hub dataset (e.g. imdb) or a local .jsonl/.json/.csv/.parquet file whose texts are cut into "
+            "prompts (its train split); see --prompts_column and --query_min_length."
+        },
+    )
+    prompts_column: str = field(default="text", metadata={"help": "The text column of --prompts_dataset."})
+    min_prompt_chars: int = field(
+        default=0, metadata={"help": "Skip texts shorter than this many characters (TRL's example: 200)."}
+    )
+    query_min_length: int | None = field(
+        default=None,
+        metadata={"help": "Cut each text to its first N tokens, N drawn in [query_min_length, query_max_length)."},
+    )
+    query_max_length: int | None = field(default=None, metadata={"help": "See --query_min_length (excluded)."})
     num_heldout_prompts: int = field(
         default=8, metadata={"help": "Prompts kept out of training for the before/after samples."}
     )
+
+    def __post_init__(self) -> None:
+        if self.prompts_file and self.prompts_dataset:
+            raise ConfigError("give either --prompts_file or --prompts_dataset, not both.")
+        lengths = (self.query_min_length, self.query_max_length)
+        if any(value is not None for value in lengths) and not (
+            None not in lengths and 0 < self.query_min_length < self.query_max_length
+        ):
+            raise ConfigError(
+                f"need 0 < query_min_length < query_max_length, got {self.query_min_length} and "
+                f"{self.query_max_length}."
+            )
 
 
 def bundled_openings() -> list[str]:
@@ -74,15 +106,17 @@ def bundled_openings() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def read_prompts(args: SentimentArguments) -> list[str]:
-    """The prompts of `args.prompts_file` (blank lines skipped) or the bundled openings.
+def read_prompts(args: SentimentArguments, tokenizer: PreTrainedTokenizerBase, seed: int) -> list[str]:
+    """The prompts: bundled openings, `prompts_file` lines or `prompts_dataset` texts, filtered and cut to
+    `query_*_length` tokens (lengths drawn with `seed`).
 
     Raises:
-        ConfigError: the file is missing, not UTF-8 text, or has fewer prompts than held-out ones plus one.
+        ConfigError: a missing or unreadable source, a missing column, or fewer prompts than held-out ones plus one.
     """
-    if args.prompts_file is None:
-        prompts = bundled_openings()
-    else:
+    source = args.prompts_file or args.prompts_dataset or "bundled openings"
+    if args.prompts_dataset:
+        prompts = _dataset_texts(args.prompts_dataset, args.prompts_column)
+    elif args.prompts_file:
         path = Path(args.prompts_file)
         try:
             prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -90,12 +124,42 @@ def read_prompts(args: SentimentArguments) -> list[str]:
             raise ConfigError(f"--prompts_file {path}: no such file.") from err
         except UnicodeDecodeError as err:
             raise ConfigError(f"--prompts_file {path}: not UTF-8 text (byte {err.start}).") from err
+    else:
+        prompts = bundled_openings()
+    prompts = [text for text in prompts if len(text) >= args.min_prompt_chars]
+    if args.query_min_length is not None:
+        rng = np.random.default_rng(seed)
+        prompts = [
+            tokenizer.decode(
+                tokenizer(text, add_special_tokens=False)["input_ids"][
+                    : rng.integers(args.query_min_length, args.query_max_length)
+                ]
+            )
+            for text in prompts
+        ]
     if len(prompts) <= args.num_heldout_prompts:
         raise ConfigError(
-            f"{args.prompts_file or 'bundled openings'}: {len(prompts)} prompts, but {args.num_heldout_prompts} are "
-            "held out for samples; give more prompts or lower --num_heldout_prompts."
+            f"{source}: {len(prompts)} prompts, but {args.num_heldout_prompts} are held out for samples; give more "
+            "prompts or lower --num_heldout_prompts."
         )
     return prompts
+
+
+def _dataset_texts(name: str, column: str) -> list[str]:
+    suffixes = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+    path = Path(name)
+    try:
+        if path.suffix in suffixes:
+            if not path.is_file():
+                raise ConfigError(f"--prompts_dataset {name}: no such file.")
+            dataset = load_dataset(suffixes[path.suffix], data_files=str(path), split="train")
+        else:
+            dataset = load_dataset(name, split="train")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--prompts_dataset {name}: cannot load it ({' '.join(str(err).split())[:200]})") from err
+    if column not in dataset.column_names:
+        raise ConfigError(f"--prompts_dataset {name}: no column {column!r} (it has {dataset.column_names}).")
+    return [str(text).strip() for text in dataset[column] if text and str(text).strip()]
 
 
 def train_sentiment(
@@ -107,7 +171,6 @@ def train_sentiment(
 ) -> dict[str, Any]:
     """Train the policy to write positive continuations; returns the run summary."""
     check_model_config(model_args, training=True)
-    prompts = read_prompts(sentiment_args)
     if ppo_config.reward_model:
         reward_fn = ClassifierSentimentReward(ppo_config.reward_model, device=PartialState().device)
         reward_name = f"positive logit of {ppo_config.reward_model}"
@@ -117,13 +180,16 @@ def train_sentiment(
     tokenizer = load_tokenizer(model_args, padding_side="left")
     if tokenizer.pad_token is None:
         raise ConfigError(f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token.")
+    prompts = read_prompts(sentiment_args, tokenizer, ppo_config.seed)
     model = load_policy(model_args, reward_adapter=None)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
     heldout, train = prompts[: sentiment_args.num_heldout_prompts], prompts[sentiment_args.num_heldout_prompts :]
     trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
     return run_rl_loop(
         trainer,
-        tokenize_prompts(train, tokenizer, room, sentiment_args.prompts_file or "bundled openings"),
+        tokenize_prompts(
+            train, tokenizer, room, sentiment_args.prompts_file or sentiment_args.prompts_dataset or "prompts"
+        ),
         reward_fn,
         reward_name,
         loop_args,

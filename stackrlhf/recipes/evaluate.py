@@ -1,0 +1,183 @@
+"""Evaluate a PPO policy against its reference: mean reward of each on held-out prompts and the policy's win rate.
+
+The policy is a PPO output directory (LoRA adapter + value head). Its reference is the same base model with the
+adapter disabled, so both generate from one model in memory. Each held-out prompt gets one response from each, drawn
+with the same seed, and both are scored by the run's reward (read from its `stackrlhf_summary.json`) or by
+`--reward_adapter` / `--reward_model`. The win rate counts ties as half a win.
+
+    python recipes/evaluate_policy.py --policy_path outputs/ppo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from trl import ModelConfig
+
+from stackrlhf.core import set_seed
+from stackrlhf.data import DataArguments, load_splits, to_prompt_dataset
+from stackrlhf.errors import ConfigError
+from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
+from stackrlhf.models.loading import load_tokenizer, read_adapter
+from stackrlhf.recipes.common import SUMMARY_FILE, RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.rewards import check_rewards
+from stackrlhf.scoring import AdapterRewardScorer, RewardScorer
+
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class EvaluateArguments:
+    """What to evaluate, with which reward, on how many prompts."""
+
+    policy_path: str = field(
+        default="outputs/ppo", metadata={"help": "A PPO output directory (policy LoRA adapter + value head)."}
+    )
+    reward_adapter: str | None = field(
+        default=None, metadata={"help": "Reward LoRA adapter on the policy's base. Default: the PPO run's reward."}
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": "A separate sequence-classification reward model. Default: the run's."}
+    )
+    num_prompts: int = field(default=100, metadata={"help": "Held-out prompts to evaluate on."})
+    max_prompt_length: int = field(default=64, metadata={"help": "Skip prompts longer than this many tokens."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Response length budget in tokens."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generation and scoring batch."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample responses (top_k 0, top_p 1); false: greedy."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling (the same for policy and reference)."})
+    output_file: str | None = field(
+        default=None, metadata={"help": f"Where to write the JSON report. Default: POLICY_PATH/{EVALUATION_FILE}."}
+    )
+
+
+def reward_source(args: EvaluateArguments) -> tuple[str | None, str | None]:
+    """`(reward_adapter, reward_model)`: the arguments', else the PPO run's own (its summary file).
+
+    Raises:
+        ConfigError: no reward given and none recorded, or both given.
+    """
+    if args.reward_adapter and args.reward_model:
+        raise ConfigError("give either --reward_adapter or --reward_model, not both.")
+    if args.reward_adapter or args.reward_model:
+        return args.reward_adapter, args.reward_model
+    summary_path = Path(args.policy_path, SUMMARY_FILE)
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if not (summary.get("reward_adapter") or summary.get("reward_model")):
+        raise ConfigError(
+            f"{args.policy_path}: no reward recorded in {SUMMARY_FILE}; pass --reward_adapter or --reward_model."
+        )
+    return summary.get("reward_adapter"), summary.get("reward_model")
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompts: list[str], args: EvaluateArguments, seed: int) -> list[str]:
+    """One response per prompt from `model` (a transformers or peft causal LM), batched, left-padded."""
+    torch.manual_seed(seed)
+    responses = []
+    for start in range(0, len(prompts), args.batch_size):
+        batch = tokenizer(prompts[start : start + args.batch_size], return_tensors="pt", padding=True)
+        batch = batch.to(model.device)
+        output = model.generate(
+            **batch,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.do_sample,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        responses += tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return responses
+
+
+def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[str, Any]:
+    """Generate with policy and reference on held-out prompts, score both, write and return the report."""
+    adapter = read_adapter(args.policy_path)
+    if adapter is None:
+        raise ConfigError(f"--policy_path {args.policy_path}: no adapter_config.json, so not a PPO output directory.")
+    reward_adapter, reward_model = reward_source(args)
+    set_seed(args.seed)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(
+        args.policy_path, **({"reward_adapter": reward_adapter} if reward_adapter else {})
+    )
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=adapter.tokenizer_source), padding_side="left")
+    scorer_kwargs = {"batch_size": args.batch_size, "max_length": args.max_prompt_length + args.max_new_tokens + 1}
+    if reward_adapter:
+        scorer = AdapterRewardScorer(model, tokenizer, **scorer_kwargs)
+    else:
+        scorer = RewardScorer.from_pretrained(reward_model, **scorer_kwargs)
+
+    _, eval_pairs = load_splits(data_args)
+    prompts = [
+        q for q in to_prompt_dataset(eval_pairs)["query"] if len(tokenizer(q)["input_ids"]) <= args.max_prompt_length
+    ][: args.num_prompts]
+    if not prompts:
+        raise ConfigError(f"no held-out prompt is at most {args.max_prompt_length} tokens; raise --max_prompt_length.")
+    lm = model.pretrained_model.eval()
+    lm.set_adapter("default")
+    policy_responses = generate(lm, tokenizer, prompts, args, args.seed)
+    with lm.disable_adapter():
+        reference_responses = generate(lm, tokenizer, prompts, args, args.seed)
+
+    rewards = {}
+    for name, responses in tqdm({"policy": policy_responses, "reference": reference_responses}.items(), desc="score"):
+        texts = [q + r for q, r in zip(prompts, responses, strict=True)]
+        rewards[name] = np.array(check_rewards(scorer(texts), texts, "reward", step=0))
+    wins = (rewards["policy"] > rewards["reference"]) + 0.5 * (rewards["policy"] == rewards["reference"])
+    report = {
+        "policy": args.policy_path,
+        "base_model": adapter.base_model,
+        "reward_adapter": reward_adapter,
+        "reward_model": reward_model,
+        "num_prompts": len(prompts),
+        "policy_mean_reward": float(rewards["policy"].mean()),
+        "reference_mean_reward": float(rewards["reference"].mean()),
+        "win_rate": float(wins.mean()),
+        "settings": asdict(args),
+        "samples": [
+            {"query": q, "policy": p, "policy_reward": float(rp), "reference": r, "reference_reward": float(rr)}
+            for q, p, rp, r, rr in zip(
+                prompts, policy_responses, rewards["policy"], reference_responses, rewards["reference"], strict=True
+            )
+        ],
+    }
+    output_file = Path(args.output_file or Path(args.policy_path, EVALUATION_FILE))
+    output_file.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+def main(eval_args: EvaluateArguments, data_args: DataArguments, run_args: RunArguments) -> dict[str, Any] | None:
+    """Entry point of `recipes/evaluate_policy.py` and `stackrlhf evaluate`."""
+    if run_args.dry_run:
+        print(dump_config(eval_args, data_args))
+        return None
+    report = evaluate_policy(eval_args, data_args)
+    print(
+        f"{report['num_prompts']} held-out prompts: mean reward policy {report['policy_mean_reward']:.4f}, reference "
+        f"{report['reference_mean_reward']:.4f}; policy win rate {report['win_rate']:.3f} "
+        f"(report: {eval_args.output_file or Path(eval_args.policy_path, EVALUATION_FILE)})"
+    )
+    return report
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    """The recipe's parser: what to evaluate, the data of the held-out prompts, run options."""
+    return add_parser(
+        subparsers,
+        "evaluate",
+        "Score a PPO policy and its reference (adapter disabled) on held-out prompts with the reward model: mean "
+        "rewards and the policy's win rate, saved as JSON.",
+        (EvaluateArguments, DataArguments, RunArguments),
+        {"eval_samples": 200},
+        prog=prog,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_recipe(make_parser(), main))

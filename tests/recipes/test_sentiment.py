@@ -1,0 +1,66 @@
+"""The sentiment quick start: VADER reward offline, prompts from the bundled openings, a file or a dataset."""
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from stackrlhf.errors import ConfigError
+from stackrlhf.recipes import sentiment
+from stackrlhf.recipes.common import parse_args
+from stackrlhf.reporting import STATS_FILE, read_stats
+from stackrlhf.rewards import VaderSentimentReward
+
+QUICK = [
+    "--steps", "16", "--batch_size", "8", "--mini_batch_size", "4", "--ppo_epochs", "1",
+    "--output_min_length", "4", "--output_max_length", "8", "--num_sample_prompts", "2",
+    "--sample_max_new_tokens", "8",
+]  # fmt: skip
+
+
+def run(args):
+    return sentiment.train_sentiment(*parse_args(sentiment.make_parser(), args)[:4])
+
+
+def test_vader_scores_sentiment_without_a_model():
+    happy, sad, flat = VaderSentimentReward()(["She was very happy and loved it.", "He was sad and hurt.", "A box."])
+    assert happy > 0.5 and sad < -0.5 and flat == 0.0
+
+
+def test_offline_run_saves_samples_before_and_after(tmp_path):
+    out = tmp_path / "run"
+    summary = run([*QUICK, "--output_dir", str(out)])
+    assert summary["reward"] == "VADER compound sentiment" and summary["steps"] == 2
+    assert [r["samples"] for r in read_stats(out / STATS_FILE)] == [8, 8]
+    samples = json.loads((out / "samples.json").read_text())
+    assert [s["query"] for s in samples["before"]] == sentiment.bundled_openings()[:2]
+    assert all(-1.0 <= s["reward"] <= 1.0 for s in samples["after"])
+
+
+def test_prompts_from_a_local_dataset_are_cut_to_query_lengths(tmp_path, tiny_model_dir):
+    rows = [{"review": f"Review number {i}: this film has a long and winding plot about a dog."} for i in range(12)]
+    rows.append({"review": "short"})
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = sentiment.SentimentArguments(
+        prompts_dataset=str(path), prompts_column="review", min_prompt_chars=20, query_min_length=2, query_max_length=5
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = sentiment.read_prompts(args, tokenizer, seed=0)
+    assert len(prompts) == 12
+    assert all(2 <= len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 5 for p in prompts)
+    assert prompts == sentiment.read_prompts(args, tokenizer, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompts_file", "missing.txt"], "no such file"),
+        (["--prompts_dataset", "missing.jsonl"], "no such file"),
+        (["--query_min_length", "4"], "query_min_length < query_max_length"),
+        (["--num_heldout_prompts", "64"], "64 prompts, but 64 are held out"),
+    ],
+)
+def test_bad_prompt_settings_are_one_clear_error(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        run([*QUICK, *extra, "--output_dir", str(tmp_path / "run")])
