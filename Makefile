@@ -19,11 +19,11 @@ install: $(STAMP)
 
 LAUNCH := $(BIN)/accelerate launch --quiet --num_processes 1 --num_cpu_threads_per_process $(shell nproc)
 
-# StackLLaMA's order: SFT, merge the SFT adapter, train the reward model on the merged SFT model.
+# The whole StackLLaMA pipeline on one shared base: with no arguments, ppo_stackllama.py runs (or reuses from the
+# cache) SFT, merge and the reward model on the bundled data, then PPO; then the policy is scored against its reference.
 demo: $(STAMP)
-	$(LAUNCH) recipes/sft_stackllama.py --output_dir outputs/sft
-	$(BIN)/stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged --overwrite
-	$(LAUNCH) recipes/reward_stackllama.py --model_name_or_path outputs/sft-merged --output_dir outputs/reward
+	$(LAUNCH) recipes/ppo_stackllama.py --output_dir outputs/ppo
+	$(BIN)/python recipes/evaluate_policy.py --policy_path outputs/ppo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

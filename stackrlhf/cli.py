@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from trl import TrlParser
 
 from stackrlhf.planner import cli as planner_cli
-from stackrlhf.recipes import convert_llama2c, evaluate, merge, ppo, reward, sentiment, sft
+from stackrlhf.recipes import convert_llama2c, evaluate, merge, ppo, reward, sentiment, sft, stages
 from stackrlhf.recipes.common import run_recipe
 
 RECIPES = {
@@ -27,6 +27,7 @@ RECIPES = {
     "ppo": ppo,
     "sentiment": sentiment,
     "evaluate": evaluate,
+    "stages": stages,
     "plan": planner_cli,
     "convert-llama2c": convert_llama2c,
 }

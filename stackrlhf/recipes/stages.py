@@ -8,6 +8,7 @@ already in the cache (`$STACKRLHF_CACHE/pipeline`), with its recipe defaults.
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from stackrlhf.checkpointing import write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.llama2c import cache_root
 from stackrlhf.recipes import merge, reward, sft
-from stackrlhf.recipes.common import parse_args
+from stackrlhf.recipes.common import RunArguments, add_parser, parse_args
 
 logger = logging.getLogger(__name__)
 
@@ -87,3 +88,28 @@ def _run_into(run: Callable[[str], object], staging: Path) -> None:
     for item in target.iterdir():
         item.rename(staging / item.name)
     target.rmdir()
+
+
+def main(run_args: RunArguments) -> StageOutputs | None:
+    """Entry point of `stackrlhf stages`: build (or find) the cached offline stages and print where they are."""
+    if run_args.dry_run:
+        print(f"offline stages cache: {pipeline_cache()}")
+        return None
+    outputs = offline_stages()
+    for name, path in vars(outputs).items():
+        print(f"{name}: {path}")
+    return outputs
+
+
+def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
+    """The parser of `stackrlhf stages` (run options only)."""
+    return add_parser(
+        subparsers,
+        "stages",
+        "Build the offline SFT, merge and reward stages that a bare `ppo_stackllama.py` run uses, once, into the "
+        "cache "
+        "($STACKRLHF_CACHE/pipeline); needed before a multi-process run without checkpoints.",
+        (RunArguments,),
+        {},
+        prog=prog,
+    )
