@@ -337,6 +337,9 @@ def run_rl_loop(
     plot = plot_stats(records, output_dir / "plots" / "training.png", f"PPO: {reward_name}") if records else None
     model = accelerator.unwrap_model(trainer.model)
     roles = role_bytes(model, trainer.optimizer) | (extra_roles or {})
+    if getattr(model, "is_peft_model", False):  # the reference (and reward) ride on the base instead of copying it
+        copies = "reference + reward copies" if "reward adapter + head" in roles else "reference copy"
+        roles[f"not held: separate {copies}"] = roles["base (shared)"] * (2 if "+" in copies else 1)
     if torch.cuda.is_available():
         roles["CUDA peak allocated"] = torch.cuda.max_memory_allocated()
     result = {
