@@ -12,8 +12,9 @@ steps. A step is one rollout of `--batch_size` prompts followed by one update on
 
 Each design runs in its own process, so its peak memory is its own: on CUDA the allocator's max allocated and
 reserved bytes; on CPU the parameter and optimizer-state bytes per role and the process's peak RSS. Without
-`--sft_path` / `--reward_path` it first trains a small SFT adapter (merged into the base) and a reward adapter on that
-merged base with stackrlhf's recipes, so both designs score with the same reward function.
+`--sft_path` / `--reward_path` it uses the PPO demo's cached SFT and reward stages for the tiny model, and otherwise
+trains a small SFT adapter (merged into the base) and a reward adapter on that merged base with stackrlhf's recipes;
+either way both designs score with the same reward function.
 
     python benchmarks/compare_chatllama.py --mode faithful --steps 5 --batch_size 4
 """
@@ -70,8 +71,15 @@ class BenchmarkArguments:
 
 
 def prepare_checkpoints(args: BenchmarkArguments, work_dir: Path) -> tuple[str, str]:
-    """(merged SFT model directory, reward adapter directory), training them when not given."""
+    """(merged SFT model directory, reward adapter directory). Not given: for the tiny model, the PPO demo's own cached
+    stages (`stackrlhf stages`), so the comparison uses the pipeline's checkpoints; for other models, quick ones."""
+    from stackrlhf.models.llama2c import TINY_MODEL
     from stackrlhf.models.loading import read_adapter
+    from stackrlhf.recipes.stages import offline_stages
+
+    if args.model == TINY_MODEL and args.sft_path is None and args.reward_path is None:
+        stages = offline_stages()
+        return str(stages.sft_merged), str(stages.reward_adapter)
     from stackrlhf.recipes import reward, sft
     from stackrlhf.recipes.common import parse_args
     from stackrlhf.recipes.merge import MergeArguments, merge_adapter

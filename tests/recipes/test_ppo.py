@@ -136,21 +136,14 @@ def test_a_nan_reward_stops_before_the_update_and_keeps_checkpoints(tmp_path, re
     assert checkpoint_dirs(out) == []
 
 
+def run_two_steps_with_checkpoints(out, reward_dirs):
+    adapter = str(reward_dirs["adapter"])
+    run([*QUICK, "--steps", "8", "--reward_adapter", adapter, "--save_steps", "1", "--output_dir", str(out)])
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, reward_dirs):
     out = tmp_path / "run"
-    run(
-        [
-            *QUICK,
-            "--steps",
-            "8",
-            "--reward_adapter",
-            str(reward_dirs["adapter"]),
-            "--save_steps",
-            "1",
-            "--output_dir",
-            str(out),
-        ]
-    )
+    run_two_steps_with_checkpoints(out, reward_dirs)
     args = [*QUICK, "--lora_r", "8", "--reward_adapter", str(reward_dirs["adapter"]), "--output_dir", str(out)]
     with pytest.raises(ConfigError, match="trainable parameters do not match"):
         run([*args, "--resume_from_checkpoint", str(out / "checkpoint-1")])
@@ -191,19 +184,7 @@ def test_a_tokenizer_without_pad_or_eos_token_is_refused(tmp_path, tiny_model_di
 
 def test_load_refuses_a_checkpoint_from_another_world_size(tmp_path, reward_dirs):
     out = tmp_path / "run"
-    run(
-        [
-            *QUICK,
-            "--steps",
-            "8",
-            "--reward_adapter",
-            str(reward_dirs["adapter"]),
-            "--save_steps",
-            "1",
-            "--output_dir",
-            str(out),
-        ]
-    )
+    run_two_steps_with_checkpoints(out, reward_dirs)
     state_file = out / "checkpoint-1" / "trainer_state.json"
     state = json.loads(state_file.read_text())
     state["world_size"] = 4
