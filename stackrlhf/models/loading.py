@@ -103,7 +103,12 @@ def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> P
         raise ConfigError(
             f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({_first_line(err)})"
         ) from err
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        logger.warning(
+            "The tokenizer of %s has no pad token: padding with its EOS token %r, as StackLLaMA did.",
+            model_args.model_name_or_path,
+            tokenizer.eos_token,
+        )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
     return tokenizer

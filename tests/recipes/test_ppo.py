@@ -168,18 +168,30 @@ def test_bad_input_is_one_clear_error(tmp_path, reward_dirs, extra, message):
     assert not (tmp_path / "run" / "checkpoint-1").exists()
 
 
-def test_a_tokenizer_without_pad_or_eos_token_is_refused(tmp_path, tiny_model_dir, reward_dirs):
+def model_without_special_tokens(tiny_model_dir, model_dir, *, keep_eos):
     import shutil
 
-    model_dir = tmp_path / "no-pad"
     shutil.copytree(tiny_model_dir, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.eos_token = None
     tokenizer.pad_token = None
+    if not keep_eos:
+        tokenizer.eos_token = None
     tokenizer.save_pretrained(model_dir)
-    args = [*QUICK, "--model_name_or_path", str(model_dir), "--reward_adapter", str(reward_dirs["adapter"])]
+    return str(model_dir)
+
+
+def test_a_tokenizer_without_pad_or_eos_token_is_refused(tmp_path, tiny_model_dir, reward_dirs):
+    model = model_without_special_tokens(tiny_model_dir, tmp_path / "no-pad", keep_eos=False)
+    args = [*QUICK, "--model_name_or_path", model, "--reward_adapter", str(reward_dirs["adapter"])]
     with pytest.raises(ConfigError, match="neither a pad nor an EOS token"):
         run([*args, "--output_dir", str(tmp_path / "run")])
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos_and_says_so(tmp_path, tiny_model_dir, reward_dirs, caplog):
+    model = model_without_special_tokens(tiny_model_dir, tmp_path / "no-pad", keep_eos=True)
+    args = [*QUICK, "--steps", "4", "--model_name_or_path", model, "--reward_adapter", str(reward_dirs["adapter"])]
+    assert run([*args, "--output_dir", str(tmp_path / "run")])["steps"] == 1
+    assert "no pad token: padding with its EOS token" in caplog.text
 
 
 def test_load_refuses_a_checkpoint_from_another_world_size(tmp_path, reward_dirs):
