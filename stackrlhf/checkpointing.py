@@ -2,7 +2,7 @@
 
 A checkpoint directory `checkpoint-{step}` holds
 
-* `policy/`: the policy as `save_pretrained` writes it (adapter + value head), loadable on its own;
+* `policy/`: the policy (adapter + value head, or the whole model), loadable on its own with `from_pretrained`;
 * `trainable.safetensors`: every trainable parameter (policy adapter, value head) by its name in the model;
 * `optimizer.safetensors` + `optimizer.json`: the optimizer's state tensors and the rest of its state dict;
 * `trainer_state.json`: the LR scheduler's state, the KL controller's coefficient, the running score moments, the
@@ -206,7 +206,8 @@ def save_ppo_checkpoint(
     }
 
     def write(directory: Path) -> None:
-        trainer._save_pretrained(str(directory / "policy"))
+        save_policy_safetensors(model, directory / "policy")
+        trainer.tokenizer.save_pretrained(directory / "policy")
         save_file(
             {name: param.detach().cpu().contiguous() for name, param in trainable.items()},
             str(directory / "trainable.safetensors"),
@@ -220,6 +221,18 @@ def save_ppo_checkpoint(
     rotate_checkpoints(output_dir, save_total_limit)
     accelerator.wait_for_everyone()
     return path
+
+
+def save_policy_safetensors(model: Any, directory: Path) -> None:
+    """Save a value-head policy loadable by `from_pretrained`, in safetensors only: a peft policy's adapter as peft
+    writes it and its value head in `model.safetensors` beside it (read before `pytorch_model.bin`); a plain policy
+    as transformers writes it, value head included."""
+    if not model.is_peft_model:
+        model.save_pretrained(directory)
+        return
+    model.pretrained_model.save_pretrained(directory)
+    value_head = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    save_file(value_head, str(directory / "model.safetensors"))
 
 
 def load_ppo_checkpoint(trainer: Any, checkpoint: str | Path) -> dict[str, Any]:

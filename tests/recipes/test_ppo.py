@@ -204,3 +204,18 @@ def test_load_refuses_a_checkpoint_from_another_world_size(tmp_path, reward_dirs
     with pytest.raises(ConfigError, match="written by 4 processes"):
         run([*QUICK, "--reward_adapter", str(reward_dirs["adapter"]), "--output_dir", str(out),
              "--resume_from_checkpoint", str(out / "checkpoint-1")])  # fmt: skip
+
+
+def test_a_checkpoint_is_safetensors_and_json_and_its_policy_loads(tmp_path, reward_dirs):
+    from stackrlhf import AutoModelForCausalLMWithValueHead
+
+    out = tmp_path / "run"
+    run_two_steps_with_checkpoints(out, reward_dirs)
+    checkpoint = out / "checkpoint-1"
+    pickles = [p for p in checkpoint.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    assert pickles == []
+    policy = AutoModelForCausalLMWithValueHead.from_pretrained(checkpoint / "policy")
+    trainable = load_file(checkpoint / "trainable.safetensors")
+    torch.testing.assert_close(policy.v_head.summary.weight, trainable["v_head.summary.weight"], rtol=0, atol=0)
+    lora_key = next(key for key in trainable if "lora_B" in key)
+    torch.testing.assert_close(dict(policy.named_parameters())[lora_key], trainable[lora_key], rtol=0, atol=0)
