@@ -92,11 +92,13 @@ def add_parser(
     dataclass_types: Sequence[type],
     defaults: dict[str, Any],
     prog: str | None = None,
+    help_overrides: dict[str, str] | None = None,
 ) -> TrlParser:
     """Build a recipe's parser, standalone or as `stackrlhf <name>`, with the recipe's own defaults.
 
     `defaults` overrides dataclass defaults (TRL's defaults target big GPUs; ours make a no-argument run work
-    offline), and `--help` shows them. A `--config file.yaml` and command-line flags override them in turn.
+    offline), and `--help` shows them; `help_overrides` rewords the help of options a recipe gives a new meaning.
+    A `--config file.yaml` and command-line flags override the defaults in turn.
     """
     if subparsers is not None:
         parser = subparsers.add_parser(name, help=help_text, description=help_text, dataclass_types=dataclass_types)
@@ -106,6 +108,9 @@ def add_parser(
     if unknown:
         raise ConfigError(f"recipe {name}: defaults for unknown options {sorted(unknown)}")
     parser.set_defaults(**defaults)
+    for action in parser._actions:
+        if help_overrides and action.dest in help_overrides:
+            action.help = help_overrides[action.dest]
     return parser
 
 

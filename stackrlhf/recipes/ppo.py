@@ -47,6 +47,11 @@ from stackrlhf.scoring import AdapterRewardScorer, RewardScorer
 
 logger = logging.getLogger(__name__)
 
+REWARD_MODEL_HELP = (
+    "A separate sequence-classification reward model (path or Hub name) instead of --reward_adapter, as StackLLaMA "
+    "scored (default: none)."
+)
+
 OFFLINE_DEFAULTS = {
     # PPOConfig: StackLLaMA's loop at a size that finishes in about a minute on two CPU cores
     "steps": 40 * 16,
@@ -252,6 +257,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         (DataArguments, PPOConfig, ModelConfig, RewardArguments, RLLoopArguments, RunArguments),
         OFFLINE_DEFAULTS,
         prog=prog,
+        help_overrides={"reward_model": REWARD_MODEL_HELP},
     )
 
 

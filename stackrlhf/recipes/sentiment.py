@@ -36,6 +36,11 @@ from stackrlhf.recipes.ppo import load_policy
 from stackrlhf.recipes.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
 from stackrlhf.rewards import ClassifierSentimentReward, VaderSentimentReward
 
+REWARD_MODEL_HELP = (
+    "A transformers sentiment classifier whose positive-class logit is the reward, e.g. lvwerra/distilbert-imdb "
+    "(default: none, VADER's compound sentiment)."
+)
+
 OFFLINE_DEFAULTS = {
     "model_name_or_path": TINY_MODEL,
     "use_peft": True,
@@ -223,6 +228,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments, RunArguments),
         OFFLINE_DEFAULTS,
         prog=prog,
+        help_overrides={"reward_model": REWARD_MODEL_HELP},
     )
 
 
