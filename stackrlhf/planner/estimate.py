@@ -83,7 +83,7 @@ COMPONENT_HELP = {
     "quantized_weights": "int8 or packed 4-bit weights of the quantized linear layers",
     "quantization_constants": "8-bit row scales (SCB); 4-bit absmax, code tables, nested constants",
     "unquantized_weights": "embeddings, lm_head, norms, biases (and all weights when not quantized), buffers",
-    "other_models": "separate frozen or trained copies: reference, reward, critic (chatllama; or no LoRA)",
+    "other_models": "separate copies: reward + critic (chatllama), or reference + reward (shared design without LoRA)",
     "lora_weights": "LoRA A and B matrices, float32 (plus the frozen reward adapter in the shared design)",
     "value_head": "value head (ppo) or score head (reward), float32",
     "gradients": "gradients of the trainable parameters",
@@ -257,15 +257,16 @@ def _trainable_shapes(
 
 
 def _other_models_bytes(settings: PlanSettings, frozen_float_bytes: int, trained_float_bytes: int) -> int:
-    """Bytes of the models besides the policy: reference and reward (frozen, 16-bit unquantized parts when the
-    base is quantized or bf16) and, in the chatllama design, the critic (trained, like the policy)."""
+    """Bytes of the models besides the policy. Shared design: none with LoRA (reference = adapter disabled, reward =
+    a second adapter), else a frozen reference copy and a reward model. chatllama design: its reward model (frozen)
+    and its critic (a trained copy of the reward model); chatllama has no reference model."""
     if settings.stage != "ppo":
         return 0
     causal, scorer = _inventory(settings.model, "causal_lm"), _inventory(settings.model, "reward")
     frozen_copies: list[ModelInventory] = []
     trained_copies: list[ModelInventory] = []
     if settings.design == "chatllama":
-        frozen_copies, trained_copies = [causal, scorer], [scorer]
+        frozen_copies, trained_copies = [scorer], [scorer]
     elif settings.lora_r == 0:
         frozen_copies = [causal, scorer]  # no adapter to disable: a reference copy and a reward model
     total = 0

@@ -29,7 +29,7 @@ class PlanSettings:
         metadata={
             "help": "ppo only. shared: one base model; the policy is a LoRA adapter + value head, the reference "
             "is the base with the adapter disabled and the reward model a second, frozen adapter. chatllama: "
-            "separate actor, critic, reference and reward models, each a full copy."
+            "separate actor, critic and reward models, each a full copy (chatllama has no reference model)."
         },
     )
     quantization: Quantization = field(

@@ -53,12 +53,13 @@ def test_lora_and_checkpointing_reduce_memory():
     assert checkpointed.components["activations"] < lora.components["activations"]
 
 
-def test_chatllama_holds_four_models():
+def test_chatllama_holds_three_models():
+    """Actor, critic and reward model (chatllama has no reference model), against one shared base."""
     shared = plan(model="facebook/opt-1.3b", quantization="bf16", lora_r=16)
     chatllama = plan(shared.settings, design="chatllama")
     weights = shared.components["unquantized_weights"]
-    assert chatllama.components["other_models"] > 2.9 * weights
-    assert chatllama.peak_bytes > shared.peak_bytes + 2.9 * weights
+    assert 1.9 * weights < chatllama.components["other_models"] < 2.1 * weights
+    assert chatllama.peak_bytes > shared.peak_bytes + 1.9 * weights
 
 
 def test_json_fields():
