@@ -8,6 +8,7 @@ training), and the planner's `peak_allocated_bytes` for the same settings. PPO u
 
 Without CUDA it says so, runs the CPU-side parts (meta-device parameter counts of every bundled config, the
 planner's table for each case and for the headline cases) and writes every measured column as "not measured".
+`measure(case, ..., device="cpu")` runs the same steps on the CPU, without memory figures (the tests do).
 
     python benchmarks/memory_single_gpu.py [--steps 3] [--cases small|all]
 
@@ -131,15 +132,16 @@ def _tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="t0", eos_token="t1")
 
 
-def _load(case: Case, path: Path, head: str, checkpointing: bool):
+def _load(case: Case, path: Path, head: str, checkpointing: bool, device: str):
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto_class = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
-    kwargs = {"num_labels": 1} if head != "causal_lm" else {}
+    # Batched sequence classification needs a pad token id (gpt2 and Llama configs have none): the tokenizer's "t0".
+    kwargs = {"num_labels": 1, "pad_token_id": 0} if head != "causal_lm" else {}
     model = auto_class.from_pretrained(
         path, dtype=_dtype(case.quantization), quantization_config=_quantization_config(case.quantization),
-        device_map={"": 0}, **kwargs,
+        device_map={"": device}, **kwargs,
     )  # fmt: skip
     if case.quantization in ("8bit", "4bit"):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
@@ -149,20 +151,28 @@ def _load(case: Case, path: Path, head: str, checkpointing: bool):
     return get_peft_model(model, _lora_config(case, "CAUSAL_LM" if head == "causal_lm" else "SEQ_CLS"))
 
 
-def _timed(fn, steps: int) -> float:
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, steps: int, device: str) -> float:
     fn()  # warm-up
-    torch.cuda.synchronize()
+    _synchronize(device)
     start = time.perf_counter()
     for _ in range(steps):
         fn()
-    torch.cuda.synchronize()
+    _synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
-def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool) -> dict:
-    """Run `case` on GPU 0: peak allocated/reserved bytes, seconds per step, tokens per second."""
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool, device: str = "cuda") -> dict:
+    """Run `case` on `device` ("cuda": GPU 0, or "cpu"): peak allocated/reserved bytes (CUDA only, None on the CPU),
+    seconds per step, tokens per second."""
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     path = _save_random_model(case.model, model_dir)
     vocab = load_model_config(case.model).vocab_size
     length = case.query_length + case.response_length
@@ -172,12 +182,14 @@ def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool) -> dic
 
         model = AutoModelForCausalLMWithValueHead.from_pretrained(
             str(path), peft_config=_lora_config(case, "CAUSAL_LM"), dtype=_dtype(case.quantization),
-            quantization_config=_quantization_config(case.quantization), device_map={"": 0},
+            quantization_config=_quantization_config(case.quantization), device_map={"": device},
             use_gradient_checkpointing=checkpointing,
         )  # fmt: skip
-        config = PPOConfig(batch_size=case.batch_size, mini_batch_size=case.mini_batch_size, seed=0)
+        # `use_gradient_checkpointing` above only reaches quantized models: the config turns it on for any.
+        config = PPOConfig(batch_size=case.batch_size, mini_batch_size=case.mini_batch_size, seed=0,
+                           gradient_checkpointing=checkpointing)  # fmt: skip
         trainer = PPOTrainer(config, model, None, _tokenizer(vocab))
-        queries = [torch.randint(2, vocab, (case.query_length,), device="cuda") for _ in range(case.batch_size)]
+        queries = [torch.randint(2, vocab, (case.query_length,), device=device) for _ in range(case.batch_size)]
         generation = {"min_new_tokens": case.response_length, "max_new_tokens": case.response_length,
                       "do_sample": True, "top_k": 0, "top_p": 1.0, "pad_token_id": 0, "eos_token_id": -1}  # fmt: skip
         responses = []
@@ -185,16 +197,17 @@ def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool) -> dic
         def generate():
             responses[:] = trainer.generate(queries, return_prompt=False, batch_size=case.batch_size, **generation)
 
-        generation_s = _timed(generate, steps)
+        generation_s = _timed(generate, steps, device)
         generation_tokens_per_s = case.batch_size * case.response_length / generation_s
-        scores = [torch.tensor(1.0, device="cuda") for _ in range(case.batch_size)]
-        seconds = _timed(lambda: trainer.step(queries, list(responses), scores), steps)
+        scores = [torch.tensor(1.0, device=device) for _ in range(case.batch_size)]
+        seconds = _timed(lambda: trainer.step(queries, list(responses), scores), steps, device)
         tokens = case.batch_size * length
     else:
-        model = _load(case, path, "causal_lm" if case.stage == "sft" else "sequence_classification", checkpointing)
+        head = "causal_lm" if case.stage == "sft" else "sequence_classification"
+        model = _load(case, path, head, checkpointing, device)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         rows = case.batch_size * (2 if case.stage == "reward" else 1)
-        input_ids = torch.randint(2, vocab, (rows, length), device="cuda")
+        input_ids = torch.randint(2, vocab, (rows, length), device=device)
 
         def train_step():
             if case.stage == "sft":
@@ -206,11 +219,11 @@ def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool) -> dic
             optimizer.step()
             optimizer.zero_grad()
 
-        seconds = _timed(train_step, steps)
+        seconds = _timed(train_step, steps, device)
         tokens = rows * length
     return {
-        "max_memory_allocated": torch.cuda.max_memory_allocated(),
-        "max_memory_reserved": torch.cuda.max_memory_reserved(),
+        "max_memory_allocated": torch.cuda.max_memory_allocated() if cuda else None,
+        "max_memory_reserved": torch.cuda.max_memory_reserved() if cuda else None,
         "seconds_per_step": seconds,
         "train_tokens_per_s": tokens / seconds,
         "generation_tokens_per_s": generation_tokens_per_s,
