@@ -95,6 +95,9 @@ def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> P
     """Load the tokenizer of `model_args.model_name_or_path`, with a pad token set.
 
     Models without a pad token (GPT-2, Llama) get their EOS token as padding, as StackLLaMA's scripts did.
+
+    Raises:
+        ConfigError: the tokenizer cannot be loaded, or has neither a pad nor an EOS token.
     """
     name = resolve_model_name_or_path(model_args.model_name_or_path)
     try:
@@ -103,7 +106,12 @@ def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> P
         raise ConfigError(
             f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({_first_line(err)})"
         ) from err
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+    if tokenizer.pad_token is None and tokenizer.eos_token is None:
+        raise ConfigError(
+            f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token, so batches "
+            "cannot be padded; add one (tokenizer.add_special_tokens) and save it with the model."
+        )
+    if tokenizer.pad_token is None:
         logger.warning(
             "The tokenizer of %s has no pad token: padding with its EOS token %r, as StackLLaMA did.",
             model_args.model_name_or_path,

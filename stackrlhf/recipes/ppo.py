@@ -186,11 +186,6 @@ def train_ppo(
 
     set_seed(ppo_config.seed)  # the new adapter's and value head's initial weights depend on it
     tokenizer = load_tokenizer(model_args, padding_side="left")
-    if tokenizer.pad_token is None:
-        raise ConfigError(
-            f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token; add one "
-            "(tokenizer.add_special_tokens) and save it with the model."
-        )
     model = load_policy(model_args, reward_args.reward_adapter)
     train_pairs, eval_pairs = load_splits(data_args)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)

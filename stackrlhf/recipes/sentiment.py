@@ -183,8 +183,6 @@ def train_sentiment(
         reward_fn, reward_name = VaderSentimentReward(), "VADER compound sentiment"
     set_seed(ppo_config.seed)
     tokenizer = load_tokenizer(model_args, padding_side="left")
-    if tokenizer.pad_token is None:
-        raise ConfigError(f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token.")
     prompts = read_prompts(sentiment_args, tokenizer, ppo_config.seed)
     model = load_policy(model_args, reward_adapter=None)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
