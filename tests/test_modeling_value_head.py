@@ -461,3 +461,21 @@ def test_create_reference_model_rejects_an_unknown_layer_pattern():
         create_reference_model(model, num_shared_layers=1, pattern="decoder.block.{layer}")
     with pytest.raises(ValueError, match="Layer pattern could not be matched"):
         create_reference_model(model, num_shared_layers=99)
+
+
+@pytest.mark.parametrize(("upcast", "dtype"), [(True, torch.float32), (False, torch.bfloat16)])
+def test_a_quantized_base_keeps_its_16_bit_weights_when_asked(upcast, dtype):
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(
+        TINY_MODEL,
+        load_in_8bit=True,
+        dtype=torch.bfloat16,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        upcast_non_quantized=upcast,
+    )
+    assert model.pretrained_model.get_input_embeddings().weight.dtype == dtype
+    assert model.pretrained_model.base_model.model.model.norm.weight.dtype == dtype
+    assert model.pretrained_model.is_gradient_checkpointing
+    logits, _, values = model(input_ids=torch.tensor([[1, 5, 6, 7]]))
+    (logits.float().sum() + values.float().sum()).backward()
+    trained = {name for name, param in model.named_parameters() if param.grad is not None}
+    assert trained and all("lora_" in name or name.startswith("v_head.") for name in trained)

@@ -133,7 +133,11 @@ def estimate(settings: PlanSettings) -> MemoryPlan:
     """Components, phases and peak of `settings` (already checked); verdicts and max batch left empty."""
     policy = _inventory(settings.model, "reward" if settings.stage == "reward" else "causal_lm")
     targets = lora_targets(policy, settings)
-    float_bytes = 2 if settings.quantization == "bf16" else FLOAT32_BYTES  # kbit training upcasts to float32
+    kbit = settings.quantization in ("8bit", "4bit")
+    # kbit training upcasts the non-quantized weights to float32 unless told not to
+    float_bytes = (
+        2 if settings.quantization == "bf16" or (kbit and not settings.upcast_non_quantized) else FLOAT32_BYTES
+    )
     act_bytes = float_bytes
     frozen_float_bytes = 2 if settings.quantization != "none" else FLOAT32_BYTES
     dims = policy.dims

@@ -15,10 +15,13 @@ def gib(num_bytes: int) -> str:
 def format_plan(plan: MemoryPlan) -> str:
     """A text table: settings, GiB per component, phases, peak, a verdict per card and the largest batch."""
     s = plan.settings
+    weights = s.quantization + (" + double quant" if s.double_quant else "")
+    if s.quantization in ("8bit", "4bit") and not s.upcast_non_quantized:
+        weights += " (non-quantized weights kept 16-bit)"
     lines = [
         f"model {s.model}: {plan.params_total:,} parameters ({plan.trainable_params:,} trainable)",
-        f"stage {s.stage}, design {s.design if s.stage == 'ppo' else '-'}, weights {s.quantization}"
-        f"{' + double quant' if s.double_quant else ''}, LoRA r={s.lora_r}, optimizer {s.optimizer}, "
+        f"stage {s.stage}, design {s.design if s.stage == 'ppo' else '-'}, weights {weights}, "
+        f"LoRA r={s.lora_r}, optimizer {s.optimizer}, "
         f"gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}",
         f"batch {s.batch_size}, mini batch {min(s.mini_batch_size, s.batch_size)}, "
         f"{s.query_length} query + {s.response_length} response tokens",

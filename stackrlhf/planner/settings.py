@@ -37,6 +37,14 @@ class PlanSettings:
         metadata={"help": "none (float32), bf16, 8bit (LLM.int8) or 4bit (nf4) weights of the base model."},
     )
     double_quant: bool = field(default=False, metadata={"help": "4bit only: also quantize the absmax constants."})
+    upcast_non_quantized: bool = field(
+        default=True,
+        metadata={
+            "help": "8bit/4bit: the non-quantized weights (embeddings, lm_head, norms) are upcast to float32 and the "
+            "activations run in float32, as peft's prepare_model_for_kbit_training does; false: they stay 16-bit "
+            "(the PPO recipe's --upcast_non_quantized false)."
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank; 0 trains every parameter (no LoRA)."})
     lora_target_modules: list[str] | None = field(
         default=None,

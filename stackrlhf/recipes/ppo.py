@@ -77,9 +77,9 @@ OFFLINE_DEFAULTS = {
 
 
 @dataclass
-class RewardArguments:
-    """Where the reward comes from: an adapter on the policy's base (shared) or a separate model (`--reward_model`,
-    a field of `PPOConfig`)."""
+class SharedBaseArguments:
+    """How the one base model is shared: the reward adapter it carries (or, instead, a separate `--reward_model`, a
+    field of `PPOConfig`) and the dtype its non-quantized weights keep."""
 
     reward_adapter: str | None = field(
         default=None,
@@ -91,24 +91,32 @@ class RewardArguments:
     reward_model_load_in_8bit: bool = field(
         default=False, metadata={"help": "Load the separate --reward_model in 8-bit (StackLLaMA did)."}
     )
+    upcast_non_quantized: bool = field(
+        default=True,
+        metadata={
+            "help": "With --load_in_8bit/--load_in_4bit: upcast the non-quantized weights (embeddings, lm_head, "
+            "norms) to float32, as peft's prepare_model_for_kbit_training and TRL 0.11.4 do. false keeps them in "
+            "--dtype (e.g. bfloat16): less memory (1.2 GiB for gpt-neox-20b) and 16-bit activations."
+        },
+    )
 
 
-def check_arguments(reward_args: RewardArguments, ppo_config: PPOConfig, model_args: ModelConfig) -> None:
+def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model_args: ModelConfig) -> None:
     """Reject contradictory or incomplete settings before anything loads.
 
     Raises:
         ConfigError: both or (with an explicit model) neither reward source, a reward adapter without LoRA, or a
             reward adapter directory that is not one.
     """
-    if reward_args.reward_adapter and ppo_config.reward_model:
+    if base_args.reward_adapter and ppo_config.reward_model:
         raise ConfigError("give either --reward_adapter (shared base) or --reward_model (separate model), not both.")
     if model_args.model_name_or_path is None:
-        if reward_args.reward_adapter or ppo_config.reward_model:
+        if base_args.reward_adapter or ppo_config.reward_model:
             raise ConfigError(
                 "a reward is given but no policy base: pass --model_name_or_path (the merged SFT model) as well."
             )
         return
-    if not (reward_args.reward_adapter or ppo_config.reward_model):
+    if not (base_args.reward_adapter or ppo_config.reward_model):
         raise ConfigError(
             f"--model_name_or_path {model_args.model_name_or_path} needs a reward: --reward_adapter PATH (a LoRA "
             "adapter from the reward recipe) or --reward_model PATH (a sequence-classification model)."
@@ -119,17 +127,17 @@ def check_arguments(reward_args: RewardArguments, ppo_config: PPOConfig, model_a
             f"model (the reference). Merge it first: stackrlhf merge --adapter_path {model_args.model_name_or_path} "
             "--output_dir <merged>."
         )
-    if reward_args.reward_adapter:
+    if base_args.reward_adapter:
         if not model_args.use_peft:
             raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
-        adapter = read_adapter(reward_args.reward_adapter)
-        if adapter is None and Path(reward_args.reward_adapter).exists():
-            raise ConfigError(f"--reward_adapter {reward_args.reward_adapter}: no adapter_config.json in it.")
-        if adapter is None and not _looks_like_hub_id(reward_args.reward_adapter):
-            raise ConfigError(f"--reward_adapter {reward_args.reward_adapter}: no such directory.")
+        adapter = read_adapter(base_args.reward_adapter)
+        if adapter is None and Path(base_args.reward_adapter).exists():
+            raise ConfigError(f"--reward_adapter {base_args.reward_adapter}: no adapter_config.json in it.")
+        if adapter is None and not _looks_like_hub_id(base_args.reward_adapter):
+            raise ConfigError(f"--reward_adapter {base_args.reward_adapter}: no such directory.")
         if adapter is not None and adapter.task != "sequence_classification":
             raise ConfigError(
-                f"--reward_adapter {reward_args.reward_adapter}: a {adapter.task} adapter, not a reward model's "
+                f"--reward_adapter {base_args.reward_adapter}: a {adapter.task} adapter, not a reward model's "
                 "(SEQ_CLS with a score head)."
             )
 
@@ -139,11 +147,18 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def load_policy(model_args: ModelConfig, reward_adapter: str | None) -> AutoModelForCausalLMWithValueHead:
-    """The base model once, with a new policy LoRA adapter, a value head and (optionally) the reward adapter."""
+def load_policy(
+    model_args: ModelConfig, reward_adapter: str | None, *, upcast_non_quantized: bool = True
+) -> AutoModelForCausalLMWithValueHead:
+    """The base model once, with a new policy LoRA adapter, a value head and (optionally) the reward adapter;
+    `upcast_non_quantized` as in `SharedBaseArguments`."""
     name = model_args.model_name_or_path
     peft_config = build_peft_config(model_args, skeleton_model(model_args)) if model_args.use_peft else None
-    kwargs: dict[str, Any] = {"dtype": model_args.dtype or "float32", "peft_config": peft_config}
+    kwargs: dict[str, Any] = {
+        "dtype": model_args.dtype or "float32",
+        "peft_config": peft_config,
+        "upcast_non_quantized": upcast_non_quantized,
+    }
     if (quantization_config := get_quantization_config(model_args)) is not None:
         kwargs["quantization_config"] = quantization_config
     if reward_adapter:
@@ -159,7 +174,7 @@ def train_ppo(
     data_args: DataArguments,
     ppo_config: PPOConfig,
     model_args: ModelConfig,
-    reward_args: RewardArguments,
+    base_args: SharedBaseArguments,
     loop_args: RLLoopArguments,
     **loop_hooks: Any,
 ) -> dict[str, Any]:
@@ -168,39 +183,39 @@ def train_ppo(
     Returns:
         The run summary written to `stackrlhf_summary.json` in `loop_args.output_dir` ({} on non-main processes).
     """
-    check_arguments(reward_args, ppo_config, model_args)
+    check_arguments(base_args, ppo_config, model_args)
     summary: dict[str, Any] = {}
     if model_args.model_name_or_path is None:
         stages = offline_stages()
         model_args.model_name_or_path = str(stages.sft_merged)
-        reward_args.reward_adapter = str(stages.reward_adapter)
+        base_args.reward_adapter = str(stages.reward_adapter)
         summary["stages"] = {name: str(path) for name, path in vars(stages).items()}
     check_model_config(model_args, training=True)
     summary |= {
         "base_model": model_args.model_name_or_path,
-        "design": "shared base" if reward_args.reward_adapter else "separate reward model",
-        "reward_adapter": reward_args.reward_adapter,
+        "design": "shared base" if base_args.reward_adapter else "separate reward model",
+        "reward_adapter": base_args.reward_adapter,
         "reward_model": ppo_config.reward_model,
         "quantization": "8bit" if model_args.load_in_8bit else "4bit" if model_args.load_in_4bit else model_args.dtype,
     }
 
     set_seed(ppo_config.seed)  # the new adapter's and value head's initial weights depend on it
     tokenizer = load_tokenizer(model_args, padding_side="left")
-    model = load_policy(model_args, reward_args.reward_adapter)
+    model = load_policy(model_args, base_args.reward_adapter, upcast_non_quantized=base_args.upcast_non_quantized)
     train_pairs, eval_pairs = load_splits(data_args)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
     prompts = tokenize_prompts(to_prompt_dataset(train_pairs)["query"], tokenizer, room, data_args.dataset_path)
 
     extra_roles: dict[str, int] = {}
     scorer_kwargs = {"batch_size": loop_args.reward_batch_size, "max_length": room + loop_args.output_max_length}
-    if reward_args.reward_adapter:
+    if base_args.reward_adapter:
         reward_fn = AdapterRewardScorer(model, tokenizer, **scorer_kwargs)
-        reward_name = f"reward adapter {reward_args.reward_adapter}"
+        reward_name = f"reward adapter {base_args.reward_adapter}"
     else:
         reward_fn = RewardScorer.from_pretrained(
-            ppo_config.reward_model, load_in_8bit=reward_args.reward_model_load_in_8bit, **scorer_kwargs
+            ppo_config.reward_model, load_in_8bit=base_args.reward_model_load_in_8bit, **scorer_kwargs
         )
-        if not reward_args.reward_model_load_in_8bit:
+        if not base_args.reward_model_load_in_8bit:
             reward_fn.model.to(PartialState().device)
         reward_name = f"reward model {ppo_config.reward_model}"
         extra_roles["reward model (separate)"] = tensor_bytes(reward_fn.model.parameters())
@@ -228,15 +243,15 @@ def main(
     data_args: DataArguments,
     ppo_config: PPOConfig,
     model_args: ModelConfig,
-    reward_args: RewardArguments,
+    base_args: SharedBaseArguments,
     loop_args: RLLoopArguments,
     run_args: RunArguments,
 ) -> dict[str, Any] | None:
     """Entry point of `recipes/ppo_stackllama.py` and `stackrlhf ppo`."""
     if run_args.dry_run:
-        print(dump_config(data_args, model_args, reward_args, loop_args, ppo_config))
+        print(dump_config(data_args, model_args, base_args, loop_args, ppo_config))
         return None
-    result = train_ppo(data_args, ppo_config, model_args, reward_args, loop_args)
+    result = train_ppo(data_args, ppo_config, model_args, base_args, loop_args)
     if result:
         print(f"PPO done: policy adapter, value head, stats.jsonl, plots and samples in {loop_args.output_dir}")
     return result
@@ -249,7 +264,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "ppo",
         "PPO (StackLLaMA stage 3) on one shared base: LoRA policy + value head, reference = adapter off, reward = a "
         "second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
-        (DataArguments, PPOConfig, ModelConfig, RewardArguments, RLLoopArguments, RunArguments),
+        (DataArguments, PPOConfig, ModelConfig, SharedBaseArguments, RLLoopArguments, RunArguments),
         OFFLINE_DEFAULTS,
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},

@@ -93,3 +93,15 @@ def test_headline_cases_on_a_24gb_card():
     ]:
         result = plan(model=model, quantization=quantization, batch_size=1, mini_batch_size=1, double_quant=False)
         assert result.peak_bytes < 24 * GIB, model
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_keeping_non_quantized_weights_16_bit_halves_them_and_lowers_the_peak(quantization):
+    upcast = plan(model="EleutherAI/gpt-neox-20b", stage="ppo", quantization=quantization, batch_size=1)
+    kept = plan(upcast.settings, upcast_non_quantized=False)
+    # the weights halve; a few float32 buffers (rotary frequencies) do not
+    assert kept.components["unquantized_weights"] * 2 == pytest.approx(
+        upcast.components["unquantized_weights"], rel=1e-6
+    )
+    assert kept.components["quantized_weights"] == upcast.components["quantized_weights"]
+    assert kept.peak_bytes < upcast.peak_bytes

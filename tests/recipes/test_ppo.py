@@ -59,6 +59,15 @@ def test_separate_reward_model_with_an_8bit_base(tmp_path, reward_dirs):
     assert len(read_stats(out / STATS_FILE)) == 2
 
 
+def test_an_8bit_shared_base_can_keep_its_16_bit_weights(tmp_path, reward_dirs):
+    args = [*QUICK, "--steps", "8", "--reward_adapter", str(reward_dirs["adapter"]), "--load_in_8bit"]
+    args += ["--dtype", "bfloat16", "--upcast_non_quantized", "false", "--output_dir", str(tmp_path / "run")]
+    summary = run(args)
+    assert summary["steps"] == 2 and math.isfinite(summary["kl_last"])
+    upcast = run([*args[:-1], str(tmp_path / "upcast"), "--upcast_non_quantized", "true"])
+    assert summary["memory_bytes"]["base (shared)"] < upcast["memory_bytes"]["base (shared)"]
+
+
 def test_the_adapter_and_the_merged_model_give_the_same_rewards(tmp_path, reward_dirs):
     """The shared-base reward (adapter on the policy's base) equals the separate merged reward model's."""
     first = run(
