@@ -91,6 +91,13 @@ class SentimentArguments:
     num_heldout_prompts: int = field(
         default=8, metadata={"help": "Prompts kept out of training for the before/after samples."}
     )
+    upcast_non_quantized: bool = field(
+        default=True,
+        metadata={
+            "help": "With --load_in_8bit/--load_in_4bit: upcast embeddings, lm_head and norms to float32 (peft's and "
+            "TRL 0.11.4's default); false keeps them in --dtype, as the 20B write-up kept its embeddings 16-bit."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.prompts_file and self.prompts_dataset:
@@ -184,7 +191,7 @@ def train_sentiment(
     set_seed(ppo_config.seed)
     tokenizer = load_tokenizer(model_args, padding_side="left")
     prompts = read_prompts(sentiment_args, tokenizer, ppo_config.seed)
-    model = load_policy(model_args, reward_adapter=None)
+    model = load_policy(model_args, reward_adapter=None, upcast_non_quantized=sentiment_args.upcast_non_quantized)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
     heldout, train = prompts[: sentiment_args.num_heldout_prompts], prompts[sentiment_args.num_heldout_prompts :]
     trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
