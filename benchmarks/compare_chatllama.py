@@ -118,8 +118,8 @@ def select_prompts(args: BenchmarkArguments, model_path: str) -> list[str]:
     """`steps x batch_size` bundled-data prompts of at most `max_prompt_tokens` tokens, the same for both designs."""
     from trl import ModelConfig
 
-    from stackrlhf.chatllama.prompts import load_prompts, prompts_within
-    from stackrlhf.data import DataArguments
+    from stackrlhf.chatllama.prompts import load_prompts
+    from stackrlhf.data import DataArguments, prompts_within
     from stackrlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=model_path))

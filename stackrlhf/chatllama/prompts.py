@@ -50,9 +50,3 @@ def check_prompt_lengths(
                 f"actor_config.max_sequence_length {context_length}: prompt {index} has {len(ids)} tokens, more than "
                 f"the {limit} that leave min_tokens {min_tokens} for the completion; shorten or filter the prompts."
             )
-
-
-def prompts_within(prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int) -> list[str]:
-    """The prompts of at most `max_prompt_tokens` tokens, in order (to fit a small model's context)."""
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    return [prompt for prompt, length in zip(prompts, lengths, strict=True) if length <= max_prompt_tokens]

@@ -9,7 +9,13 @@ A preference dataset has string columns ``question``, ``chosen`` and ``rejected`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from datasets import Dataset, Features, Value
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_TEMPLATE = "Question: {question}\n\nAnswer: "
 QUESTION_ANSWER_TEMPLATE = PROMPT_TEMPLATE + "{answer}"
@@ -51,3 +57,11 @@ def to_prompt_dataset(pairs: Dataset) -> Dataset:
 def string_dataset(columns: dict[str, list[str]]) -> Dataset:
     """An in-memory dataset of string columns (typed as strings even when it has no rows)."""
     return Dataset.from_dict(columns, features=Features({name: Value("string") for name in columns}))
+
+
+def prompts_within(prompts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_tokens: int) -> list[str]:
+    """The prompts of at most `max_prompt_tokens` tokens, in order (to fit a small model's context)."""
+    if not prompts:
+        return []
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    return [prompt for prompt, length in zip(prompts, lengths, strict=True) if length <= max_prompt_tokens]

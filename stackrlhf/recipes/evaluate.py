@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from trl import ModelConfig
 
 from stackrlhf.core import set_seed
-from stackrlhf.data import DataArguments, load_splits, to_prompt_dataset
+from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.models.loading import load_tokenizer, read_adapter
@@ -114,9 +114,8 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
         scorer = RewardScorer.from_pretrained(reward_model, **scorer_kwargs)
 
     _, eval_pairs = load_splits(data_args)
-    prompts = [
-        q for q in to_prompt_dataset(eval_pairs)["query"] if len(tokenizer(q)["input_ids"]) <= args.max_prompt_length
-    ][: args.num_prompts]
+    prompts = prompts_within(to_prompt_dataset(eval_pairs)["query"], tokenizer, args.max_prompt_length)
+    prompts = prompts[: args.num_prompts]
     if not prompts:
         raise ConfigError(f"no held-out prompt is at most {args.max_prompt_length} tokens; raise --max_prompt_length.")
     lm = model.pretrained_model.eval()

@@ -27,7 +27,7 @@ from accelerate import PartialState
 from trl import ModelConfig, get_quantization_config
 
 from stackrlhf.core import set_seed
-from stackrlhf.data import DataArguments, load_splits, to_prompt_dataset
+from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.models.loading import (
@@ -222,10 +222,8 @@ def train_ppo(
     # built last: it seeds every generator (ppo_config.seed), so the run does not depend on what loaded before it
     trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
 
-    sample_queries = to_prompt_dataset(eval_pairs)["query"]
-    sample_queries = [q for q in sample_queries if len(tokenizer(q)["input_ids"]) <= room][
-        : loop_args.num_sample_prompts
-    ]
+    sample_queries = prompts_within(to_prompt_dataset(eval_pairs)["query"], tokenizer, room)
+    sample_queries = sample_queries[: loop_args.num_sample_prompts]
     return run_rl_loop(
         trainer,
         prompts,

@@ -7,8 +7,7 @@ from trl import ModelConfig
 
 from stackrlhf.chatllama import ChatLlamaConfig, ChatLlamaTrainer, RewardModel, load_prompts
 from stackrlhf.chatllama.buffer import pad_memories, stack_memories
-from stackrlhf.chatllama.prompts import prompts_within
-from stackrlhf.data import DataArguments
+from stackrlhf.data import DataArguments, prompts_within
 from stackrlhf.models.llama2c import TINY_MODEL
 from stackrlhf.models.loading import load_model, load_tokenizer
 from stackrlhf.scoring import RewardScorer

@@ -59,3 +59,14 @@ def test_empty_pairs_give_empty_string_columns():
         assert shaped.num_rows == 0
         assert shaped.column_names == columns
         assert all(feature.dtype == "string" for feature in shaped.features.values())
+
+
+def test_prompts_within_keeps_short_prompts_in_order(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from stackrlhf.data import prompts_within
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = ["a b", "a b c d e f g h i j", "c"]
+    assert prompts_within(prompts, tokenizer, 5) == ["a b", "c"]
+    assert prompts_within([], tokenizer, 5) == []
