@@ -19,19 +19,18 @@ import json
 import random
 import re
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
+from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
 
 CHECKPOINT_PREFIX = "checkpoint-"
-_STAGING_PREFIX = ".staging-"
 TRAINER_STATE_FILE = "trainer_state.json"
 
 
@@ -62,30 +61,6 @@ def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | Pat
     if not (path / TRAINER_STATE_FILE).is_file():
         raise ConfigError(f"--resume_from_checkpoint {path}: not a checkpoint directory (no {TRAINER_STATE_FILE}).")
     return path
-
-
-def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], None]) -> Path:
-    """Call `write(staging_dir)`, then rename the staging directory to `output_dir/name` (replacing it).
-
-    If `write` raises, the staging directory is removed and nothing under `name` changes.
-    """
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{name}.", dir=output_dir))
-    try:
-        write(staging)
-        final = output_dir / name
-        if final.exists():
-            retired = output_dir / f"{_STAGING_PREFIX}{name}.old"
-            shutil.rmtree(retired, ignore_errors=True)
-            final.rename(retired)
-            staging.rename(final)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def rotate_checkpoints(output_dir: str | Path, save_total_limit: int | None) -> list[Path]:
@@ -189,7 +164,7 @@ def save_ppo_checkpoint(
         The checkpoint directory on the main process, None on the others.
     """
     accelerator = trainer.accelerator
-    rng_states = _gather_objects(accelerator, rng_state())
+    rng_states = gather_object([rng_state()])  # one per process; [this one's] in a single process
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return None
@@ -276,14 +251,6 @@ def load_ppo_checkpoint(trainer: Any, checkpoint: str | Path) -> dict[str, Any]:
         setattr(trainer.running, key, value)
     set_rng_state(load_state(checkpoint, f"rng_state_{accelerator.process_index}"))
     return {"step": trainer_state["step"], "extra": trainer_state["extra"]}
-
-
-def _gather_objects(accelerator: Any, obj: Any) -> list[Any]:
-    if accelerator.num_processes == 1:
-        return [obj]
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
 
 
 def _json_default(value: Any) -> Any:

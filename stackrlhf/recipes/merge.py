@@ -11,14 +11,13 @@ whole or not at all: it is written to a temporary directory and renamed into pla
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import PeftModel
 from trl import ModelConfig
 
+from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
@@ -75,17 +74,11 @@ def merge_adapter(args: MergeArguments) -> Path:
     merged = model.merge_and_unload()
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=adapter.tokenizer_source))
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    def write(staging: Path) -> None:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output_dir
+
+    return write_atomically(output_dir.parent, output_dir.name, write)
 
 
 def main(merge_args: MergeArguments, run_args: RunArguments) -> Path | None:

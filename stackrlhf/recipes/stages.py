@@ -16,7 +16,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from stackrlhf.checkpointing import write_atomically
+from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.llama2c import cache_root
 from stackrlhf.recipes import merge, reward, sft

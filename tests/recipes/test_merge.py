@@ -23,7 +23,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(sft_adapter, tmp_
         merge.MergeArguments(adapter_path=str(sft_adapter), output_dir=str(tmp_path / "m"))
     )
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "tokenizer.json").is_file()
-    assert not list(tmp_path.glob(".m.*"))  # no staging directory left behind
+    assert not list(tmp_path.glob(".staging-*"))  # no staging directory left behind
 
     base = load_model(ModelConfig(model_name_or_path="stackrlhf/stories260K"))
     with_adapter = PeftModel.from_pretrained(base, str(sft_adapter)).eval()
