@@ -120,6 +120,7 @@ class _ModelWithValueHead(PreTrainedModelWrapper):
         past_key_values: Any = None,
         attention_mask: torch.Tensor | None = None,
         return_past_key_values: bool = False,
+        return_last_hidden_state: bool = False,
         **kwargs,
     ) -> tuple:
         """Run the wrapped model and the value head on its last hidden state.
@@ -130,13 +131,16 @@ class _ModelWithValueHead(PreTrainedModelWrapper):
                 prefix-tuning adapter, which supplies its own.
             attention_mask: (batch, seq) 1 for tokens, 0 for padding.
             return_past_key_values: also return the model's key/value cache.
-            **kwargs: passed to the wrapped model (`labels`, `position_ids`, `decoder_input_ids`, ...);
-                `output_hidden_states` and `return_dict` are forced on.
+            return_last_hidden_state: also return the last hidden state, `(batch, seq, hidden)`: the input of the
+                language-model head (with `logits_to_keep=1` the caller can apply the head itself, in chunks).
+            **kwargs: passed to the wrapped model (`labels`, `position_ids`, `decoder_input_ids`,
+                `logits_to_keep`, ...); `output_hidden_states` and `return_dict` are forced on.
 
         Returns:
-            `(lm_logits, loss, value)`, plus the cache when `return_past_key_values`: lm_logits (batch, seq, vocab)
-            in float32, loss the model's (None without `labels`), value (batch, seq) in the value head's dtype.
-            For a seq2seq model, seq is the decoder's length.
+            `(lm_logits, loss, value)`, then the cache when `return_past_key_values`, then the last hidden state
+            when `return_last_hidden_state`: lm_logits (batch, seq, vocab) in float32, loss the model's (None
+            without `labels`), value (batch, seq) in the value head's dtype. For a seq2seq model, seq is the
+            decoder's length.
         """
         kwargs["output_hidden_states"] = True
         kwargs["return_dict"] = True
@@ -155,9 +159,12 @@ class _ModelWithValueHead(PreTrainedModelWrapper):
         lm_logits = output.logits
         if lm_logits.dtype != torch.float32:
             lm_logits = lm_logits.float()
+        outputs = (lm_logits, output.loss, value)
         if return_past_key_values:
-            return lm_logits, output.loss, value, getattr(output, _CACHE)
-        return lm_logits, output.loss, value
+            outputs += (getattr(output, _CACHE),)
+        if return_last_hidden_state:
+            outputs += (last_hidden_state,)
+        return outputs
 
     def generate(self, *args, **kwargs) -> Any:
         """The wrapped model's `generate` (see transformers' `GenerationMixin.generate`)."""

@@ -65,6 +65,7 @@ from stackrlhf.core import (
     stack_dicts,
     stats_to_np,
 )
+from stackrlhf.lean_forward import checkpointed_eval_forward, token_logprobs_and_entropy
 from stackrlhf.modeling_value_head import (
     AutoModelForCausalLMWithValueHead,
     AutoModelForSeq2SeqLMWithValueHead,
@@ -227,6 +228,7 @@ class PPOTrainer:
             self.current_device = self.accelerator.device
         PPODecorators.optimize_device_cache = config.optimize_device_cache
         self.running = RunningMoments(self.accelerator)
+        self._chunked_head: dict[int, bool] = {}  # per model, set by `_head_applies_in_chunks`
 
     # ------------------------------------------------------------------------------------------------ data
     def prepare_dataloader(
@@ -454,18 +456,18 @@ class PPOTrainer:
                     mini_batch = {key: value[mini_indices] for key, value in batch.items() if key not in RAGGED}
                     mini_batch.update({key: [batch[key][i] for i in mini_indices] for key in RAGGED})
                     with self.accelerator.accumulate(self.model):
-                        logprobs, logits, vpreds, _ = self.batched_forward_pass(
+                        logprobs, entropy, vpreds, _ = self.batched_forward_pass(
                             self.model,
                             mini_batch["queries"],
                             mini_batch["responses"],
                             {key: mini_batch[key] for key in model_inputs_names},
-                            return_logits=True,
+                            return_entropy=True,
                         )
                         train_stats = self.train_minibatch(
                             mini_batch["logprobs"],
                             mini_batch["values"],
                             logprobs,
-                            logits,
+                            entropy,
                             vpreds,
                             mini_batch["masks"],
                             mini_batch["advantages"],
@@ -623,25 +625,43 @@ class PPOTrainer:
         model_inputs: dict[str, torch.Tensor],
         return_logits: bool = False,
         response_masks: Tensors | None = None,
+        return_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """Forward passes in chunks of `mini_batch_size`, in eval mode (as 0.11.4: no dropout, even when training).
+        """Forward passes in chunks of `mini_batch_size`, in eval mode (as 0.11.4: no dropout, even when training;
+        activation checkpointing still runs where enabled, see `stackrlhf.lean_forward`).
+
+        Unless `return_logits`, a causal LM's head is applied a few tokens at a time (`token_logprobs_and_entropy`):
+        no `(batch, len, vocab)` logits or log-softmax exist at once, with or without gradients.
 
         Returns:
-            logprobs `(batch, len-1)`: log π(token_{t+1} | tokens_≤t); logits `(batch, len-1, vocab)` or None;
+            logprobs `(batch, len-1)`: log π(token_{t+1} | tokens_≤t); then logits `(batch, len-1, vocab)` with
+            `return_logits`, else the entropy `(batch, len-1)` (no gradient) with `return_entropy`, else None;
             values `(batch, len-1)`; masks `(batch, len-1)`: 1 on response tokens (times `response_masks`).
         """
         chunk = self.config.mini_batch_size
-        all_logprobs, all_logits, all_masks, all_values = [], [], [], []
-        model.eval()
+        all_logprobs, all_logits, all_entropies, all_masks, all_values = [], [], [], [], []
+        unwrapped = self.accelerator.unwrap_model(model)
         for i in range(math.ceil(len(queries) / chunk)):
             rows = slice(i * chunk, (i + 1) * chunk)
             input_kwargs = {key: value[rows] for key, value in model_inputs.items()}
-            logits, _, values = model(**input_kwargs, use_cache=False)  # no generation here: skip the KV cache
             if self.is_encoder_decoder:
                 input_ids, attention_mask = input_kwargs["decoder_input_ids"], input_kwargs["decoder_attention_mask"]
             else:
                 input_ids, attention_mask = input_kwargs["input_ids"], input_kwargs["attention_mask"]
-            logprobs = logprobs_from_logits(logits[:, :-1, :], input_ids[:, 1:])
+            with checkpointed_eval_forward(unwrapped):
+                if return_logits or not self._head_applies_in_chunks(model, input_kwargs):
+                    logits, _, values = model(**input_kwargs, use_cache=False)  # no generation: no KV cache
+                    logprobs = logprobs_from_logits(logits[:, :-1, :], input_ids[:, 1:])
+                    entropy = entropy_from_logits(logits[:, :-1]).detach() if return_entropy else None
+                else:
+                    _, _, values, hidden = model(
+                        **input_kwargs, use_cache=False, logits_to_keep=1, return_last_hidden_state=True
+                    )
+                    head = unwrapped.pretrained_model.get_output_embeddings()
+                    logprobs, entropy = token_logprobs_and_entropy(
+                        hidden[:, :-1], input_ids[:, 1:], head, with_entropy=return_entropy
+                    )
+                    logits = None
             masks = torch.zeros_like(attention_mask)
             masks[:, :-1] = attention_mask[:, 1:]
             for j, (query, response) in enumerate(zip(queries[rows], responses[rows], strict=True)):
@@ -658,17 +678,45 @@ class PPOTrainer:
                     masks[j, start:end] = masks[j, start:end] * response_masks[rows][j]
             if return_logits:
                 all_logits.append(logits)
-            else:
-                del logits
+            elif return_entropy:
+                all_entropies.append(entropy)
+            del logits
             all_values.append(values)
             all_logprobs.append(logprobs)
             all_masks.append(masks)
-        return (
-            torch.cat(all_logprobs),
-            torch.cat(all_logits)[:, :-1] if return_logits else None,
-            torch.cat(all_values)[:, :-1],
-            torch.cat(all_masks)[:, :-1],
-        )
+        if return_logits:
+            second = torch.cat(all_logits)[:, :-1]
+        else:
+            second = torch.cat(all_entropies) if return_entropy else None
+        return torch.cat(all_logprobs), second, torch.cat(all_values)[:, :-1], torch.cat(all_masks)[:, :-1]
+
+    def _head_applies_in_chunks(self, model: torch.nn.Module, model_inputs: dict[str, torch.Tensor]) -> bool:
+        """Whether the causal LM's logits are exactly its output layer applied to its last hidden state (no logit
+        scaling or soft-capping after the head, `logits_to_keep` honoured). Checked once, on the first inputs
+        (without gradients): models that fail keep 0.11.4's whole-sequence logits, with a warning."""
+        if self.is_encoder_decoder:
+            return False
+        unwrapped = self.accelerator.unwrap_model(model)
+        if id(unwrapped) not in self._chunked_head:
+            head = unwrapped.pretrained_model.get_output_embeddings()
+            applies = False
+            if isinstance(head, torch.nn.Module) and hasattr(head, "weight"):
+                with torch.no_grad():
+                    logits, _, _, hidden = model(
+                        **model_inputs, use_cache=False, logits_to_keep=1, return_last_hidden_state=True
+                    )
+                    applies = logits.shape[1] == 1 and torch.allclose(
+                        head(hidden[:, -1:]).float(), logits, rtol=1e-4, atol=1e-5
+                    )
+            self._chunked_head[id(unwrapped)] = applies
+            if not applies:
+                warnings.warn(
+                    f"{type(unwrapped.pretrained_model).__name__}'s logits are not its output layer applied to its "
+                    "last hidden state: the PPO forward passes keep whole-sequence logits (more memory).",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return self._chunked_head[id(unwrapped)]
 
     def compute_rewards(
         self,
@@ -745,7 +793,7 @@ class PPOTrainer:
         old_logprobs: torch.Tensor,
         values: torch.Tensor,
         logprobs: torch.Tensor,
-        logits: torch.Tensor,
+        entropy: torch.Tensor,
         vpreds: torch.Tensor,
         mask: torch.Tensor,
         advantages: torch.Tensor,
@@ -754,7 +802,7 @@ class PPOTrainer:
         """One optimiser step on a mini-batch (accelerate skips it until the accumulation window is complete)."""
         self.model.train()
         loss_p, loss_v, train_stats = self.loss(
-            old_logprobs, values, logits, vpreds, logprobs, mask, advantages, returns
+            old_logprobs, values, entropy, vpreds, logprobs, mask, advantages, returns
         )
         self.accelerator.backward(loss_p + loss_v)
         if self.config.max_grad_norm is not None and self.accelerator.sync_gradients:
@@ -767,7 +815,7 @@ class PPOTrainer:
         self,
         old_logprobs: torch.Tensor,
         values: torch.Tensor,
-        logits: torch.Tensor,
+        entropy: torch.Tensor,
         vpreds: torch.Tensor,
         logprobs: torch.Tensor,
         mask: torch.Tensor,
@@ -778,7 +826,9 @@ class PPOTrainer:
 
         Args:
             old_logprobs, values: rollout log π_old and V_old, `(batch, len)`.
-            logits: current logits `(batch, len, vocab)`; vpreds, logprobs: current V and log π, `(batch, len)`.
+            entropy: the current policy's entropy per token, `(batch, len)` (a statistic: 0.11.4 passed the
+                `(batch, len, vocab)` logits here and took their entropy; `batched_forward_pass` now returns it);
+                vpreds, logprobs: current V and log π, `(batch, len)`.
             mask, advantages, returns: `(batch, len)`.
 
         Returns:
@@ -808,7 +858,7 @@ class PPOTrainer:
             )
             pg_loss, vf_loss, loss = pg_loss * 0.0, vf_loss * 0.0, loss * 0.0
 
-        entropy = masked_mean(entropy_from_logits(logits), mask)
+        entropy = masked_mean(entropy, mask)
         approxkl = 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask)
         policykl = masked_mean(old_logprobs - logprobs, mask)
         stats = {
