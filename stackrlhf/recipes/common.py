@@ -85,6 +85,22 @@ def prepare_training(
     return TrainingSetup(model, tokenizer, peft_config, train_pairs, eval_pairs)
 
 
+def prefer_reentrant_checkpointing(training_args: Any, model_args: ModelConfig) -> None:
+    """With gradient checkpointing on a bitsandbytes-quantized base, checkpoint reentrantly unless the user chose
+    otherwise: transformers 5's default (non-reentrant) keeps what bitsandbytes' 8-bit matmul stashes on its
+    autograd context (the layer inputs) alive in every checkpointed layer.
+
+    transformers 5.24 renamed `gradient_checkpointing(_kwargs)` to `activation_checkpointing(_kwargs)` (the old
+    names stay as aliases resolved at parse time); both spellings are read and the new one is written.
+    """
+    new_names = hasattr(training_args, "activation_checkpointing_kwargs")
+    prefix = "activation" if new_names else "gradient"
+    if getattr(training_args, f"{prefix}_checkpointing") and (model_args.load_in_8bit or model_args.load_in_4bit):
+        kwargs = dict(getattr(training_args, f"{prefix}_checkpointing_kwargs") or {})
+        kwargs.setdefault("use_reentrant", True)
+        setattr(training_args, f"{prefix}_checkpointing_kwargs", kwargs)
+
+
 def add_parser(
     subparsers: Any | None,
     name: str,

@@ -24,6 +24,7 @@ from stackrlhf.recipes.common import (
     RunArguments,
     add_parser,
     dump_config,
+    prefer_reentrant_checkpointing,
     prepare_training,
     run_recipe,
     write_summary,
@@ -66,6 +67,7 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
     Returns:
         The summary written to `stackrlhf_summary.json`: base model, row counts and held-out pairwise accuracy.
     """
+    prefer_reentrant_checkpointing(training_args, model_args)
     setup = prepare_training(
         data_args, model_args, task="sequence_classification", trust_remote_code=training_args.trust_remote_code
     )

@@ -22,6 +22,7 @@ from stackrlhf.recipes.common import (
     RunArguments,
     add_parser,
     dump_config,
+    prefer_reentrant_checkpointing,
     prepare_training,
     run_recipe,
     write_summary,
@@ -60,6 +61,7 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         The summary written to `stackrlhf_summary.json`: base model, adapter or not, row counts, eval loss and
         perplexity on the held-out rows, and one sample answer.
     """
+    prefer_reentrant_checkpointing(training_args, model_args)
     setup = prepare_training(data_args, model_args, trust_remote_code=training_args.trust_remote_code)
     train_pairs, eval_pairs = setup.train_pairs, setup.eval_pairs
     trainer = SFTTrainer(

@@ -116,3 +116,25 @@ def test_bad_config_exits_with_one_readable_line(tmp_path, capsys, argv, expecte
     assert run_recipe(sft.make_parser(), sft.main, [*argv, "--output_dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars and warnings may come before it
     assert error.startswith("error: ") and expected in error
+
+
+def test_gradient_checkpointing_runs_reentrantly_on_an_8bit_base(tmp_path, monkeypatch):
+    """Every block is checkpointed in each training step, reentrantly (the non-reentrant default would keep
+    bitsandbytes' 8-bit matmul inputs alive)."""
+    import transformers.modeling_utils
+
+    calls = []
+    original = transformers.modeling_utils.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    argv = [*QUICK, "--max_steps", "2", "--load_in_8bit", "--gradient_checkpointing", "true"]
+    args = parse_args(sft.make_parser(), [*argv, "--eval_strategy", "no", "--output_dir", str(tmp_path)])
+    sft.main(*args)
+
+    layers = 5  # stories260K
+    assert len(calls) >= 2 * layers
+    assert set(calls) == {True}
