@@ -2,26 +2,33 @@
 
 The names TRL 0.11.4 scripts import from `trl` are importable from here, so porting such a script is an import change:
 `from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, ...`.
+
+They are imported on first use (PEP 562), so `stackrlhf plan` and the other light entry points do not pay for
+torch, peft and accelerate before they need them.
 """
 
-from stackrlhf.core import (
-    AdaptiveKLController,
-    FixedKLController,
-    LengthSampler,
-    RunningMoments,
-    respond_to_batch,
-    set_seed,
-)
-from stackrlhf.modeling_base import PreTrainedModelWrapper, create_reference_model
-from stackrlhf.modeling_value_head import (
-    AutoModelForCausalLMWithValueHead,
-    AutoModelForSeq2SeqLMWithValueHead,
-    ValueHead,
-)
-from stackrlhf.ppo_config import PPOConfig
-from stackrlhf.ppo_trainer import PPOTrainer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "AdaptiveKLController": "stackrlhf.core",
+    "FixedKLController": "stackrlhf.core",
+    "LengthSampler": "stackrlhf.core",
+    "RunningMoments": "stackrlhf.core",
+    "respond_to_batch": "stackrlhf.core",
+    "set_seed": "stackrlhf.core",
+    "PreTrainedModelWrapper": "stackrlhf.modeling_base",
+    "create_reference_model": "stackrlhf.modeling_base",
+    "AutoModelForCausalLMWithValueHead": "stackrlhf.modeling_value_head",
+    "AutoModelForSeq2SeqLMWithValueHead": "stackrlhf.modeling_value_head",
+    "ValueHead": "stackrlhf.modeling_value_head",
+    "PPOConfig": "stackrlhf.ppo_config",
+    "PPOTrainer": "stackrlhf.ppo_trainer",
+}
 
 __all__ = [
     "AdaptiveKLController",
@@ -38,3 +45,35 @@ __all__ = [
     "respond_to_batch",
     "set_seed",
 ]
+
+if TYPE_CHECKING:
+    from stackrlhf.core import (
+        AdaptiveKLController,
+        FixedKLController,
+        LengthSampler,
+        RunningMoments,
+        respond_to_batch,
+        set_seed,
+    )
+    from stackrlhf.modeling_base import PreTrainedModelWrapper, create_reference_model
+    from stackrlhf.modeling_value_head import (
+        AutoModelForCausalLMWithValueHead,
+        AutoModelForSeq2SeqLMWithValueHead,
+        ValueHead,
+    )
+    from stackrlhf.ppo_config import PPOConfig
+    from stackrlhf.ppo_trainer import PPOTrainer
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first access, then keep it as a module attribute."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

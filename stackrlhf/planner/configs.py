@@ -44,6 +44,17 @@ def load_model_config(model: str) -> PretrainedConfig:
         ) from err
 
 
+def model_context_length(model: str) -> int | None:
+    """The longest sequence `model` takes (`max_position_embeddings`, GPT-2's `n_positions`), or None when its config
+    does not say (the recipes then fall back to the tokenizer's `model_max_length`).
+
+    Raises:
+        ConfigError: as `load_model_config`.
+    """
+    context = getattr(load_model_config(model), "max_position_embeddings", None)
+    return context if isinstance(context, int) and context > 0 else None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -23,7 +24,7 @@ from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.planner import activations
-from stackrlhf.planner.configs import load_model_config
+from stackrlhf.planner.configs import load_model_config, model_context_length
 from stackrlhf.planner.counting import LinearLayer, ModelHead, ModelInventory, inspect_model
 from stackrlhf.planner.quantization import weight_bytes
 from stackrlhf.planner.settings import PlanSettings
@@ -56,7 +57,14 @@ class MemoryPlan:
         fits: `peak_bytes` fits `settings.gpu_memory_gb`.
         verdicts: fits, per card size in GB (16, 24, 40, 80).
         max_batch_size: the largest `batch_size` that fits `settings.gpu_memory_gb` (mini batch capped at it);
-            0 when even 1 does not fit.
+            0 when even 1 does not fit. For ppo the rollout batch itself costs next to nothing (generation and the
+            forward passes run in chunks): `limits` says what bounds memory.
+        limits: what bounds memory, each the largest value that fits `settings.gpu_memory_gb` with the other
+            settings as given (0: even 1 does not fit), see `LIMITS` and `limit_settings`. ppo: `mini_batch_size`
+            (training and rollout forward passes), `generation_batch_size` (sequences generated at once) and
+            `response_length`; sft and reward: `batch_size` (sequences, or pairs, per step) and `sequence_length`.
+        limit_bounds: the upper end of each search: the model's context for the lengths (when its config gives
+            one), `MAX_BATCH_SEARCHED` for the batches. A limit equal to its bound means everything up to it fits.
     """
 
     settings: PlanSettings
@@ -71,6 +79,8 @@ class MemoryPlan:
     fits: bool
     verdicts: dict[int, bool] = field(default_factory=dict)
     max_batch_size: int = 0
+    limits: dict[str, int] = field(default_factory=dict)
+    limit_bounds: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field, settings as a dict, verdict keys as strings."""
@@ -113,7 +123,8 @@ PERSISTENT_COMPONENTS = frozenset(
 def plan(settings: PlanSettings | None = None, *, max_batch: bool = True, **overrides: Any) -> MemoryPlan:
     """Plan the memory of `settings` (or `PlanSettings(**overrides)`, or settings with fields replaced).
 
-    `max_batch=False` skips the search for the largest batch (`max_batch_size` stays 0).
+    `max_batch=False` skips the searches for the largest batch and the limits (`max_batch_size` stays 0, `limits`
+    empty).
 
     Example: `plan(model="EleutherAI/gpt-neox-20b", stage="ppo", quantization="8bit", lora_r=16).peak_bytes`.
 
@@ -126,6 +137,7 @@ def plan(settings: PlanSettings | None = None, *, max_batch: bool = True, **over
     result.verdicts = {gb: result.peak_bytes <= gb * GIB for gb in CARDS_GB}
     if max_batch:
         result.max_batch_size = largest_batch(settings)
+        result.limits, result.limit_bounds = search_limits(settings)
     return result
 
 
@@ -209,18 +221,85 @@ def estimate(settings: PlanSettings) -> MemoryPlan:
 def largest_batch(settings: PlanSettings) -> int:
     """The largest `batch_size` whose plan fits `settings.gpu_memory_gb` (memory grows with the batch, so a binary
     search is exact); 0 when a batch of 1 does not fit."""
+    return largest_fitting(
+        lambda batch: estimate(dataclasses.replace(settings, batch_size=batch)).fits, MAX_BATCH_SEARCHED
+    )
 
-    def fits(batch: int) -> bool:
-        return estimate(dataclasses.replace(settings, batch_size=batch)).fits
 
+def largest_fitting(fits: Callable[[int], bool], bound: int) -> int:
+    """The largest `n` in `[1, bound]` with `fits(n)`, for a `fits` that is true up to some `n` and false above it
+    (memory never shrinks as a size grows): doubling, then bisection. 0 when `fits(1)` is false."""
     low, high = 0, 1
-    while high <= MAX_BATCH_SEARCHED and fits(high):
+    while high <= bound and fits(high):
         low, high = high, high * 2
-    high = min(high, MAX_BATCH_SEARCHED + 1)
+    high = min(high, bound + 1)
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if fits(middle) else (low, middle)
     return low
+
+
+LIMITS: dict[str, tuple[str, ...]] = {
+    "ppo": ("mini_batch_size", "generation_batch_size", "response_length"),
+    "sft": ("batch_size", "sequence_length"),
+    "reward": ("batch_size", "sequence_length"),
+}
+"""The limits `search_limits` reports, per stage: the sizes that bound that stage's memory."""
+MAX_LENGTH_SEARCHED = 2**17
+"""Upper end of a length search when the model's config gives no context length."""
+
+
+def limit_settings(settings: PlanSettings, name: str, value: int) -> PlanSettings:
+    """`settings` with the limit `name` (one of `LIMITS[settings.stage]`) set to `value`, the others as given.
+
+    ppo: the effective mini batch (`min(mini_batch_size, batch_size)`) and generation batch (`generation_batch_size`,
+    default `batch_size`, at most `batch_size`) are fixed first; a larger mini or generation batch raises the rollout
+    `batch_size` with it (a step cannot generate or train on more sequences than it collects, and the rollout batch
+    costs nothing besides). sft and reward: `sequence_length` sets the tokens per sequence (the plan counts prompt and
+    answer alike).
+
+    Raises:
+        ValueError: a name that is not a limit of the stage.
+    """
+    if settings.stage == "ppo":
+        batch = settings.batch_size
+        base = dataclasses.replace(
+            settings,
+            mini_batch_size=min(settings.mini_batch_size, batch),
+            generation_batch_size=min(settings.generation_batch_size or batch, batch),
+        )
+        if name == "mini_batch_size":
+            return dataclasses.replace(base, mini_batch_size=value, batch_size=max(batch, value))
+        if name == "generation_batch_size":
+            return dataclasses.replace(base, generation_batch_size=value, batch_size=max(batch, value))
+        if name == "response_length":
+            return dataclasses.replace(base, response_length=value)
+    elif name == "batch_size":
+        return dataclasses.replace(settings, batch_size=value)
+    elif name == "sequence_length":
+        return dataclasses.replace(settings, query_length=value, response_length=0)
+    raise ValueError(f"{name!r} is not a limit of stage {settings.stage!r}: {', '.join(LIMITS[settings.stage])}.")
+
+
+def limit_bound(settings: PlanSettings, name: str) -> int:
+    """The upper end of the search for limit `name`: the model's context for lengths (less the prompt for ppo
+    responses), when its config gives one; `MAX_BATCH_SEARCHED` for batches."""
+    if name not in ("response_length", "sequence_length"):
+        return MAX_BATCH_SEARCHED
+    context = model_context_length(settings.model)
+    room = None if context is None else context - (settings.query_length if name == "response_length" else 0)
+    return room if room is not None and room >= 1 else MAX_LENGTH_SEARCHED
+
+
+def search_limits(settings: PlanSettings) -> tuple[dict[str, int], dict[str, int]]:
+    """Each limit of `settings.stage` (`LIMITS`) searched exactly, with its bound: `(limits, bounds)`."""
+    limits, bounds = {}, {}
+    for name in LIMITS[settings.stage]:
+        bounds[name] = limit_bound(settings, name)
+        limits[name] = largest_fitting(
+            lambda value, name=name: estimate(limit_settings(settings, name, value)).fits, bounds[name]
+        )
+    return limits, bounds
 
 
 def lora_targets(inventory: ModelInventory, settings: PlanSettings) -> list[LinearLayer]:

@@ -16,9 +16,10 @@ Rules, read from bitsandbytes' source (`_ops.py` fake kernels, `functional.quant
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from stackrlhf.planner.counting import ModelInventory
+if TYPE_CHECKING:  # counting imports torch and transformers; the settings need only `Quantization`
+    from stackrlhf.planner.counting import ModelInventory
 
 Quantization = Literal["none", "bf16", "8bit", "4bit"]
 

@@ -37,6 +37,7 @@ from stackrlhf.models.loading import (
     read_adapter,
     skeleton_model,
 )
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.ppo_config import PPOConfig
 from stackrlhf.ppo_trainer import PPOTrainer
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
@@ -249,6 +250,7 @@ def main(
     if run_args.dry_run:
         print(dump_config(data_args, model_args, base_args, loop_args, ppo_config))
         return None
+    report_memory_plan("ppo", ppo_config, model_args, base_args, loop_args)  # on a CUDA machine: will it fit?
     result = train_ppo(data_args, ppo_config, model_args, base_args, loop_args)
     if result:
         print(f"PPO done: policy adapter, value head, stats.jsonl, plots and samples in {loop_args.output_dir}")

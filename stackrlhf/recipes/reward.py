@@ -20,6 +20,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from stackrlhf.data import DataArguments, to_reward_dataset
 from stackrlhf.metrics import PAIRWISE_ACCURACY
 from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.common import (
     RunArguments,
     add_parser,
@@ -111,6 +112,7 @@ def main(
     if run_args.dry_run:
         print(dump_config(data_args, model_args, training_args))
         return None
+    report_memory_plan("reward", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_reward_model(data_args, training_args, model_args)
     print(
         f"reward model done: {summary['train_rows']} training pairs; held-out pairwise accuracy "

@@ -29,6 +29,7 @@ from stackrlhf.core import set_seed
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.llama2c import TINY_MODEL
 from stackrlhf.models.loading import check_model_config, load_tokenizer
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.ppo_config import PPOConfig
 from stackrlhf.ppo_trainer import PPOTrainer
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
@@ -220,6 +221,7 @@ def main(
     if run_args.dry_run:
         print(dump_config(sentiment_args, model_args, loop_args, ppo_config))
         return None
+    report_memory_plan("sentiment", sentiment_args, ppo_config, model_args, loop_args)  # on CUDA: will it fit?
     return train_sentiment(sentiment_args, ppo_config, model_args, loop_args)
 
 

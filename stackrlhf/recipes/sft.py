@@ -18,6 +18,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
 from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.common import (
     RunArguments,
     add_parser,
@@ -109,6 +110,7 @@ def main(
     if run_args.dry_run:
         print(dump_config(data_args, model_args, training_args))
         return None
+    report_memory_plan("sft", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_sft(data_args, training_args, model_args)
     print(
         f"SFT done: {summary['train_rows']} training rows, held-out loss {summary['eval_loss']:.3f} "

@@ -1,0 +1,82 @@
+"""The recipes' start-up verdict: fits, or will not fit and what to lower; never stops training."""
+
+import logging
+import re
+
+import pytest
+import torch
+
+from stackrlhf.planner import plan
+from stackrlhf.planner.estimate import GIB
+from stackrlhf.planner.recipe_config import settings_from_arguments
+from stackrlhf.planner.verdict import plan_verdict, report_memory_plan
+
+NEOX = ["--model_name_or_path", "EleutherAI/gpt-neox-20b", "--load_in_8bit", "--dtype", "float16"]
+NEOX += ["--upcast_non_quantized", "false", "--lora_target_modules", "query_key_value"]
+NEOX += ["--batch_size", "64", "--mini_batch_size", "16", "--generation_batch_size", "16"]
+NEOX += ["--output_min_length", "4", "--output_max_length", "64", "--max_prompt_length", "64"]
+
+
+def _arguments(recipe, argv):
+    from stackrlhf.recipes import ppo, sft
+    from stackrlhf.recipes.common import parse_args
+
+    module = {"ppo": ppo, "sft": sft}[recipe]
+    arguments = parse_args(module.make_parser(), [*argv, *(["--bf16", "false"] if recipe == "sft" else [])])
+    return arguments[1:5] if recipe == "ppo" else arguments[1:3]  # what the recipes pass: no data or run options
+
+
+@pytest.fixture(scope="module")
+def neox_ppo():
+    return _arguments("ppo", NEOX)
+
+
+def test_fits(neox_ppo):
+    line = plan_verdict("ppo", *neox_ppo, device_bytes=80 * GIB)
+    assert re.fullmatch(r"memory plan: fits \(planned peak \d+\.\d\d GiB of 80\.00 GiB\)", line)
+
+
+def test_will_not_fit_names_what_to_lower_and_each_suggestion_fits(neox_ppo):
+    device_bytes = 24 * GIB
+    line = plan_verdict("ppo", *neox_ppo, device_bytes=device_bytes)
+    assert line.startswith("memory plan: will not fit (planned peak ") and "of 24.00 GiB): lower " in line
+    suggested = dict(re.findall(r"(\w+) to (\d+)", line))
+    assert set(suggested) == {"mini_batch_size", "output_max_length"}  # generation at 16 is not what overflows
+    settings = settings_from_arguments("ppo", *neox_ppo).settings
+    mini = int(suggested["mini_batch_size"])
+    assert 64 % mini == 0  # PPOConfig: batch_size a multiple of mini_batch_size
+    for change in ({"mini_batch_size": mini}, {"response_length": int(suggested["output_max_length"]) - 1}):
+        assert plan(settings, gpu_memory_gb=24, max_batch=False, **change).fits, change
+    assert plan(settings, gpu_memory_gb=24, max_batch=False, mini_batch_size=mini * 2).fits is False
+
+
+def test_will_not_fit_suggests_switches_and_combines_them_when_nothing_alone_helps():
+    llama = ["--model_name_or_path", "meta-llama/Llama-2-7b-hf", "--dtype", "bfloat16"]
+    arguments = _arguments("sft", [*llama, "--gradient_checkpointing", "true"])
+    line = plan_verdict("sft", *arguments, device_bytes=12 * GIB)
+    assert line.startswith("memory plan: will not fit") and line.endswith("): use load_in_8bit")  # 12.6 GiB weights
+    arguments = _arguments("sft", llama)  # the recipe's defaults: batch 8 of 256 tokens, no checkpointing
+    line = plan_verdict("sft", *arguments, device_bytes=16 * GIB)
+    assert "lower per_device_train_batch_size to 1 or max_length to " in line
+    assert line.endswith(", or set gradient_checkpointing true")
+    line = plan_verdict("sft", *arguments, device_bytes=12 * GIB)
+    assert re.search(r"\): use load_in_8bit and lower per_device_train_batch_size to \d+ or max_length to \d+$", line)
+
+
+def test_report_memory_plan_only_on_cuda(capsys, neox_ppo):
+    assert report_memory_plan("ppo", *neox_ppo) is None or torch.cuda.is_available()
+    line = report_memory_plan("ppo", *neox_ppo, device_bytes=80 * GIB)
+    assert line.startswith("memory plan: fits") and capsys.readouterr().out == line + "\n"
+
+
+def test_report_memory_plan_only_on_the_first_process_of_a_node(monkeypatch, neox_ppo):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert report_memory_plan("ppo", *neox_ppo, device_bytes=80 * GIB) is None
+
+
+def test_a_planner_failure_never_stops_training(caplog, capsys):
+    arguments = _arguments("sft", ["--model_name_or_path", "/no/such/model"])
+    with caplog.at_level(logging.WARNING):
+        assert report_memory_plan("sft", *arguments, device_bytes=GIB) is None
+    assert "memory plan: skipped" in caplog.text and "/no/such/model" in caplog.text
+    assert capsys.readouterr().out == ""
