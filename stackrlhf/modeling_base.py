@@ -46,6 +46,7 @@ from transformers import BitsAndBytesConfig, PreTrainedModel, is_torch_npu_avail
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from stackrlhf.errors import ConfigError
+from stackrlhf.models import bnb_cpu
 from stackrlhf.models.llama2c import resolve_model_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ class PreTrainedModelWrapper(nn.Module):
         self.prepare_inputs_for_generation = pretrained_model.prepare_inputs_for_generation
         self.is_loaded_in_8bit = getattr(pretrained_model, "is_loaded_in_8bit", False)
         self.is_loaded_in_4bit = getattr(pretrained_model, "is_loaded_in_4bit", False)
+        if self.is_loaded_in_4bit:
+            bnb_cpu.install()  # bitsandbytes' 4-bit CPU layers break across eval/train switches otherwise
         self.is_peft_model = isinstance(pretrained_model, PeftModel)
         self.is_sequential_parallel = False
         self.current_device = self._get_current_device()

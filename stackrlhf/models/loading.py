@@ -27,6 +27,7 @@ from transformers import (
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from stackrlhf.errors import ConfigError
+from stackrlhf.models import bnb_cpu
 from stackrlhf.models.llama2c import resolve_model_name_or_path
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def load_model(
         "quantization_config": quantization_config,
         "trust_remote_code": trust_remote_code,
     }
+    if model_args.load_in_4bit:
+        bnb_cpu.install()  # bitsandbytes' 4-bit CPU layers break across eval/train switches otherwise
     if quantization_config is not None and torch.cuda.is_available():
         # bitsandbytes layers are placed at load time: each process takes its own GPU (as TRL's scripts did).
         kwargs["device_map"] = {"": PartialState().local_process_index}
