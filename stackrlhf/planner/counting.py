@@ -8,6 +8,7 @@ embeddings as `from_pretrained` would, and records what the memory formulas need
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +45,10 @@ class ModelDims:
         hidden: model width h. layers: transformer blocks. heads: query heads. kv_dim: width of the keys (and of
         the values) per token, `kv_heads * head_dim` (smaller than h under grouped- or multi-query attention).
         intermediate: feed-forward width I. vocab: output vocabulary V. gated_mlp: SwiGLU-style MLP
-        (`down(act(gate(x)) * up(x))`, Llama, Mistral) rather than `fc2(act(fc1(x)))`.
+        (`down(act(gate(x)) * up(x))`, Llama, Mistral) rather than `fc2(act(fc1(x)))`. activation: the MLP's
+        activation function as the config names it (`hidden_act` / `activation_function`, e.g. silu, gelu_new).
+        largest_linear: elements `out * in` of the largest linear layer inside the blocks (what bitsandbytes
+        dequantizes at once).
     """
 
     hidden: int
@@ -54,6 +58,8 @@ class ModelDims:
     intermediate: int
     vocab: int
     gated_mlp: bool
+    activation: str = "gelu"
+    largest_linear: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,16 @@ def _dims(config: PretrainedConfig, model: torch.nn.Module) -> ModelDims:
         4 * hidden,
     )
     gated = any(name.endswith("gate_proj") for name, _ in model.named_modules())
+    activation = getattr(config, "hidden_act", None) or getattr(config, "activation_function", None) or "gelu"
+    output_layer = model.get_output_embeddings()
+    largest = max(
+        (
+            math.prod(module.weight.shape)
+            for module in model.modules()
+            if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output_layer
+        ),
+        default=0,
+    )
     return ModelDims(
         hidden=hidden,
         layers=config.num_hidden_layers,
@@ -148,4 +164,6 @@ def _dims(config: PretrainedConfig, model: torch.nn.Module) -> ModelDims:
         intermediate=intermediate,
         vocab=config.vocab_size,
         gated_mlp=gated,
+        activation=str(activation),
+        largest_linear=largest,
     )

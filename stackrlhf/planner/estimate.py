@@ -98,9 +98,11 @@ COMPONENT_HELP = {
     "value_head": "value head (ppo) or score head (reward), float32",
     "gradients": "gradients of the trainable parameters",
     "optimizer_states": "optimizer states of the trainable parameters",
-    "activations": "activations kept for the backward pass",
-    "logits": "logits and log-softmax buffers of the loss and its backward pass",
-    "rollout_logits": "logits and log-softmax of the no-grad rollout forward passes (ppo)",
+    "activations": "activations kept for the backward pass (with checkpointing: each block's input)",
+    "block_backward": "one block's recomputed activations and gradients during its backward pass",
+    "dequantized_weight": "the largest quantized weight, dequantized for one matmul (8bit backward, 4bit always)",
+    "logits": "logits buffers of the loss and its backward pass (ppo: head chunks)",
+    "rollout": "hidden states, block buffers and head chunks of the no-grad rollout forward passes (ppo)",
     "kv_cache": "keys and values during generation (ppo)",
     "generation_buffers": "prefill intermediates and per-step logits during generation (ppo)",
     "allocator_slack": "reserved but unallocated memory of PyTorch's caching allocator",
@@ -175,27 +177,36 @@ def estimate(settings: PlanSettings) -> MemoryPlan:
         optimizer_state_bytes(shapes, size, settings.optimizer) for shapes, size in trained
     )
 
+    # The PPO step runs its forward passes in eval mode (0.11.4's numerics): LoRA dropout makes no input copies.
     lora_elements = activations.lora_elements_per_block(
-        [layer.in_features for layer in targets], settings.lora_r, dims.layers
+        [layer.in_features for layer in targets], settings.lora_r, dims.layers, dropout=settings.stage != "ppo"
     )
     length = settings.sequence_length
     if settings.stage == "ppo":
         train_tokens = min(settings.mini_batch_size, settings.batch_size) * length
     else:
         train_tokens = settings.batch_size * length * (2 if settings.stage == "reward" else 1)
+    dequantized = activations.dequantized_weight_bytes(dims, settings.quantization, act_bytes)
     components["activations"] = activations.training_activation_bytes(
         dims, train_tokens, act_bytes, settings.checkpointing, lora_elements
     )
-    components["logits"] = activations.training_logits_bytes(settings.stage, dims, train_tokens, act_bytes)
-    phases = {"training": components["activations"] + components["logits"] + components["gradients"]}
+    components["block_backward"] = activations.block_backward_bytes(
+        dims, train_tokens, act_bytes, lora_elements, training_mode=settings.stage != "ppo"
+    )
+    components["dequantized_weight"] = dequantized
+    components["logits"] = activations.training_logits_bytes(settings.stage, dims, train_tokens, act_bytes, length)
+    # The loss's logits are freed (PPO: chunk by chunk) before the blocks' backward passes begin.
+    backward_peak = max(components["logits"], components["block_backward"] + dequantized)
+    phases = {"training": components["activations"] + backward_peak + components["gradients"]}
     if settings.stage == "ppo":
         generation_batch = min(settings.generation_batch_size or settings.batch_size, settings.batch_size)
-        components["rollout_logits"] = activations.rollout_logits_bytes(dims, train_tokens, act_bytes)
+        rollout_dequantized = dequantized if settings.quantization == "4bit" else 0  # int8 forward: no copy
+        components["rollout"] = activations.rollout_bytes(dims, train_tokens, act_bytes, length, rollout_dequantized)
         components["kv_cache"] = activations.kv_cache_bytes(dims, generation_batch, length, act_bytes)
         components["generation_buffers"] = activations.generation_working_bytes(
-            dims, generation_batch, settings.query_length, act_bytes
+            dims, generation_batch, settings.query_length, act_bytes, rollout_dequantized
         )
-        phases["rollout"] = components["rollout_logits"]
+        phases["rollout"] = components["rollout"]
         phases["generation"] = components["kv_cache"] + components["generation_buffers"]
     persistent = sum(components[name] for name in PERSISTENT_COMPONENTS)
     peak_phase = max(phases, key=phases.get)

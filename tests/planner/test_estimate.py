@@ -105,3 +105,24 @@ def test_keeping_non_quantized_weights_16_bit_halves_them_and_lowers_the_peak(qu
     )
     assert kept.components["quantized_weights"] == upcast.components["quantized_weights"]
     assert kept.peak_bytes < upcast.peak_bytes
+
+
+def test_the_plan_uses_the_ppo_steps_own_head_chunk():
+    from stackrlhf.lean_forward import CHUNK_ELEMENTS
+    from stackrlhf.planner.activations import HEAD_CHUNK_ELEMENTS
+
+    assert HEAD_CHUNK_ELEMENTS == CHUNK_ELEMENTS
+
+
+def test_a_quantized_step_plans_its_largest_weight_dequantized():
+    """bitsandbytes' int8 backward (and every 4-bit matmul) materialises the largest weight in floating point."""
+    from stackrlhf.planner.activations import dequantized_weight_bytes
+    from stackrlhf.planner.estimate import _inventory
+
+    dims = _inventory("EleutherAI/gpt-neox-20b", "causal_lm").dims
+    assert dims.largest_linear == 24576 * 6144  # the MLP's dense_h_to_4h / dense_4h_to_h
+    assert dequantized_weight_bytes(dims, "8bit", 4) == 24576 * 6144 * 4
+    assert dequantized_weight_bytes(dims, "4bit", 4) == 24576 * 6144 * 2  # bfloat16 compute dtype
+    assert dequantized_weight_bytes(dims, "bf16", 2) == 0
+    plan_8bit = plan(model="EleutherAI/gpt-neox-20b", stage="ppo", quantization="8bit", max_batch=False)
+    assert plan_8bit.components["dequantized_weight"] == 24576 * 6144 * 4

@@ -37,17 +37,20 @@ def test_fits(neox_ppo):
 
 
 def test_will_not_fit_names_what_to_lower_and_each_suggestion_fits(neox_ppo):
-    device_bytes = 24 * GIB
-    line = plan_verdict("ppo", *neox_ppo, device_bytes=device_bytes)
-    assert line.startswith("memory plan: will not fit (planned peak ") and "of 24.00 GiB): lower " in line
-    suggested = dict(re.findall(r"(\w+) to (\d+)", line))
-    assert set(suggested) == {"mini_batch_size", "output_max_length"}  # generation at 16 is not what overflows
     settings = settings_from_arguments("ppo", *neox_ppo).settings
-    mini = int(suggested["mini_batch_size"])
-    assert 64 % mini == 0  # PPOConfig: batch_size a multiple of mini_batch_size
-    for change in ({"mini_batch_size": mini}, {"response_length": int(suggested["output_max_length"]) - 1}):
-        assert plan(settings, gpu_memory_gb=24, max_batch=False, **change).fits, change
-    assert plan(settings, gpu_memory_gb=24, max_batch=False, mini_batch_size=mini * 2).fits is False
+    card_gb = plan(settings, max_batch=False).peak_bytes / GIB - 0.5  # half a GiB short
+    line = plan_verdict("ppo", *neox_ppo, device_bytes=int(card_gb * GIB))
+    assert line.startswith("memory plan: will not fit (planned peak ") and f"of {card_gb:.2f} GiB): lower " in line
+    suggested = {name: int(value) for name, value in re.findall(r"(\w+) to (\d+)", line)}
+    assert suggested and set(suggested) <= {"mini_batch_size", "generation_batch_size", "output_max_length"}
+    as_setting = {"output_max_length": ("response_length", -1)}  # the plan counts output_max_length - 1 tokens
+    for name, value in suggested.items():
+        field, offset = as_setting.get(name, (name, 0))
+        if name == "mini_batch_size":
+            assert 64 % value == 0  # PPOConfig: batch_size a multiple of mini_batch_size
+        assert plan(settings, gpu_memory_gb=card_gb, max_batch=False, **{field: value + offset}).fits, name
+        bigger = value * 2 if name == "mini_batch_size" else value + 1
+        assert not plan(settings, gpu_memory_gb=card_gb, max_batch=False, **{field: bigger + offset}).fits, name
 
 
 def test_will_not_fit_suggests_switches_and_combines_them_when_nothing_alone_helps():

@@ -1,0 +1,164 @@
+"""Peak memory of one `PPOTrainer.step`, this checkout against an older one: what the lean step saves.
+
+The PPO step of this checkout runs gradient checkpointing in its training forward passes (eval-mode numerics kept)
+and takes log-probs from the language-model head a chunk of tokens at a time (`stackrlhf.lean_forward`); before,
+checkpointing never ran in the step and whole-sequence float32 logits and log-softmax were kept. Both sides run
+the same step (LoRA r=16 policy on a bitsandbytes 8-bit base with gradient checkpointing requested, as the PPO
+recipe loads it; batch 1, random prompt and response tokens) on full-width models truncated to 1 and 2 blocks,
+under `stackrlhf.memory.MemoryTracker` (live tensor storages, CPU). The peak is fitted as a + b x layers and
+extrapolated to the full depth. Generation is left out: it is the same code on both sides.
+
+    git worktree add /tmp/stackrlhf-before d913cd6   # the last commit before the lean step
+    python benchmarks/ppo_step_memory_savings.py --before /tmp/stackrlhf-before
+
+Each measurement runs in its own process (`--run`), with `PYTHONPATH` set to the checkout it measures; the tracker
+module is loaded from this checkout by file path, so the older checkout needs no copy of it.
+Writes benchmarks/results/ppo_step_memory_savings.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TRACKER = ROOT / "stackrlhf" / "memory" / "tracker.py"
+GIB = 2**30
+CASES = [
+    # (model, query tokens, response tokens, full depth): the published settings. StackLLaMA's rl_training keeps
+    # prompts under 512 tokens and samples 32-128 response tokens; the 20B write-up used short IMDB prompts.
+    ("EleutherAI/gpt-neox-20b", 128, 128, 44),
+    ("meta-llama/Llama-2-7b-hf", 511, 128, 32),
+    ("meta-llama/Llama-2-13b-hf", 511, 128, 40),
+]
+LAYERS = (1, 2)
+
+
+def _tracker_module():
+    spec = importlib.util.spec_from_file_location("stackrlhf_memory_tracker", TRACKER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_one(model: str, layers: int, query_length: int, response_length: int, model_dir: Path) -> dict:
+    """One tracked `step` of the stackrlhf importable here; returns peak and baseline bytes."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerFast
+    from transformers.models.auto.configuration_auto import AutoConfig
+
+    from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+    from stackrlhf.planner.configs import load_model_config
+
+    config = load_model_config(model)
+    config.num_hidden_layers = layers
+    path = model_dir / f"{model.replace('/', '--')}--{layers}layers"
+    if not (path / "config.json").exists():
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
+    vocab = AutoConfig.from_pretrained(path).vocab_size
+
+    from peft import LoraConfig
+    from tokenizers import Tokenizer, models
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0")),
+        pad_token="t0",
+        eos_token="t1",
+    )
+    policy = AutoModelForCausalLMWithValueHead.from_pretrained(
+        str(path),
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM"),
+        dtype=torch.bfloat16,
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+    )
+    trainer = PPOTrainer(
+        PPOConfig(batch_size=1, mini_batch_size=1, seed=0, gradient_checkpointing=True), policy, None, tokenizer
+    )
+    torch.manual_seed(0)
+    queries = [torch.randint(2, vocab, (query_length,))]
+    responses = [torch.randint(2, vocab, (response_length,))]
+    tracker_module = _tracker_module()
+    with tracker_module.MemoryTracker(roots={"model": trainer.model, "optimizer": trainer.optimizer}) as tracker:
+        trainer.step(queries, responses, [torch.tensor(1.0)])
+        trainer.step(queries, responses, [torch.tensor(1.0)])  # the second step holds the optimizer states
+    return {"peak_bytes": tracker.peak_bytes, "baseline_bytes": tracker.baseline_bytes}
+
+
+def fit(points: dict[int, float]) -> tuple[float, float]:
+    """a, b of `peak = a + b * layers` through the two measured depths."""
+    (x0, y0), (x1, y1) = sorted(points.items())
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 - slope * x0, slope
+
+
+def measure_side(checkout: Path, model_dir: Path) -> dict:
+    results = {}
+    for model, query_length, response_length, depth in CASES:
+        points = {}
+        for layers in LAYERS:
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            argv = [sys.executable, __file__, "--run", json.dumps([model, layers, query_length, response_length])]
+            argv += ["--model_dir", str(model_dir)]
+            output = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if output.returncode != 0:
+                raise RuntimeError(f"{checkout} {model} {layers} layers failed:\n{output.stderr[-3000:]}")
+            points[layers] = json.loads(output.stdout.strip().splitlines()[-1])["peak_bytes"]
+            print(f"{checkout.name}: {model} {layers} layers: {points[layers] / GIB:.3f} GiB", flush=True)
+        a, b = fit(points)
+        results[model] = {"points": points, "a": a, "b": b, "full_depth": depth, "extrapolated": a + b * depth}
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", type=Path, help="a checkout (git worktree) of the older stackrlhf")
+    parser.add_argument("--model_dir", type=Path, default=Path("/tmp/stackrlhf-depth-models"))
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run_one(*json.loads(args.run), args.model_dir)))
+        return 0
+    if args.before is None:
+        parser.error("--before CHECKOUT is required")
+    args.model_dir.mkdir(parents=True, exist_ok=True)
+    before = measure_side(args.before.resolve(), args.model_dir)
+    after = measure_side(ROOT, args.model_dir)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads default"
+    lines = [
+        "# One PPO step's peak memory (LoRA r=16 on an 8-bit base, batch 1): before and after the lean step",
+        "",
+        f"Tracked live tensor storage (`stackrlhf.memory.MemoryTracker`) on {machine}; full width, 1 and 2 blocks,",
+        "extrapolated linearly to the full depth; the command is in benchmarks/ppo_step_memory_savings.py.",
+        "",
+        "| model | prompt + response | per block before | per block after | full depth before | full depth after "
+        "| saved |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, query_length, response_length, depth in CASES:
+        old, new = before[model], after[model]
+        lines.append(
+            f"| {model} ({depth} blocks) | {query_length} + {response_length} | {old['b'] / GIB:.3f} GiB | "
+            f"{new['b'] / GIB:.3f} GiB | {old['extrapolated'] / GIB:.2f} GiB | {new['extrapolated'] / GIB:.2f} GiB | "
+            f"{(old['extrapolated'] - new['extrapolated']) / GIB:.2f} GiB |"
+        )
+    report = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ppo_step_memory_savings.md").write_text(report)
+    payload = {"machine": machine, "before": str(args.before), "cases": CASES, "before_results": before,
+               "after_results": after}  # fmt: skip
+    (RESULTS / "ppo_step_memory_savings.json").write_text(json.dumps(payload, indent=2) + "\n")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
