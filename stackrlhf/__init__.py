@@ -9,8 +9,9 @@ torch, peft and accelerate before they need them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stackrlhf.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -65,15 +66,4 @@ if TYPE_CHECKING:
     from stackrlhf.ppo_trainer import PPOTrainer
 
 
-def __getattr__(name: str) -> Any:
-    """Import an exported name from its module on first access, then keep it as a module attribute."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -11,8 +11,9 @@ The names below are imported on first use, so reading settings and parsing optio
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stackrlhf.lazy import lazy_exports
 
 _EXPORTS = {
     "MemoryPlan": "stackrlhf.planner.estimate",
@@ -29,15 +30,4 @@ if TYPE_CHECKING:
     from stackrlhf.planner.settings import PlanSettings
 
 
-def __getattr__(name: str) -> Any:
-    """Import an exported name from its module on first access, then keep it as a module attribute."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
