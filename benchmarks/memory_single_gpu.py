@@ -8,7 +8,10 @@ training), and the planner's `peak_allocated_bytes` for the same settings. PPO u
 
 Without CUDA it says so, runs the CPU-side parts (meta-device parameter counts of every bundled config, the
 planner's table for each case and for the headline cases) and writes every measured column as "not measured".
-`measure(case, ..., device="cpu")` runs the same steps on the CPU, without memory figures (the tests do).
+`measure(case, ..., device="cpu")` runs the same steps on the CPU (the tests do); `track_memory=True` adds the
+peak of live tensor storages followed by `stackrlhf.memory.MemoryTracker` (any device; per phase: generation,
+rollout, training forward, loss, backward, optimizer), which is how `benchmarks/memory_depth_sweep.py` measures
+memory without a GPU. `Case.layers` truncates the model to its first layers (full width, reduced depth).
 
     python benchmarks/memory_single_gpu.py [--steps 3] [--cases small|all]
 
@@ -23,6 +26,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -51,6 +55,10 @@ class Case:
     query_length: int = 64
     response_length: int = 64
     lora_r: int = 16
+    layers: int | None = None
+    """Keep only this many transformer blocks (`num_hidden_layers`); None: the model's own depth."""
+    int8_threshold: float | None = None
+    """8bit: LLM.int8's outlier threshold (None: bitsandbytes' 6.0; 0 turns the fp16 outlier decomposition off)."""
 
     @property
     def settings(self) -> dict:
@@ -67,7 +75,9 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.quantization} {self.stage}"
+        depth = f" {self.layers}L" if self.layers is not None else ""
+        threshold = f" threshold {self.int8_threshold:g}" if self.int8_threshold is not None else ""
+        return f"{self.model}{depth} {self.quantization}{threshold} {self.stage}"
 
 
 SMALL_MODELS = ("gpt2", "gpt2-large", "facebook/opt-1.3b")
@@ -92,11 +102,13 @@ HEADLINE_SETTINGS = {"stage": "ppo", "lora_r": 16, "batch_size": 1, "mini_batch_
 # GPU measurements
 
 
-def _quantization_config(quantization: str):
+def _quantization_config(quantization: str, int8_threshold: float | None = None):
+    """bitsandbytes settings of `quantization`; `int8_threshold`: LLM.int8's outlier threshold (None: 6.0)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        threshold = {} if int8_threshold is None else {"llm_int8_threshold": int8_threshold}
+        return BitsAndBytesConfig(load_in_8bit=True, **threshold)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
     return None
@@ -106,14 +118,25 @@ def _dtype(quantization: str) -> torch.dtype:
     return torch.float32 if quantization == "none" else torch.bfloat16
 
 
-def _save_random_model(model: str, directory: Path) -> Path:
-    """Random weights for `model`'s bundled config, saved once (bf16) so that bitsandbytes can load and quantize."""
-    path = directory / model.replace("/", "--")
-    if not path.exists():
+def model_config(model: str, layers: int | None = None):
+    """`model`'s config (bundled name or local directory), with `num_hidden_layers` set to `layers` when given."""
+    config = load_model_config(model)
+    if layers is not None:
+        config.num_hidden_layers = layers
+    return config
+
+
+def _save_random_model(model: str, directory: Path, layers: int | None = None) -> Path:
+    """Random weights for `model`'s bundled config (truncated to `layers` blocks), saved once (bf16) so that
+    bitsandbytes can load and quantize. The directory's config.json is also what the planner reads for it."""
+    name = model.strip("/").replace("/", "--") + (f"--{layers}layers" if layers is not None else "")
+    path = directory / name
+    if not (path / "config.json").exists():
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(load_model_config(model), dtype=torch.bfloat16).save_pretrained(path)
+        config = model_config(model, layers)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
     return path
 
 
@@ -140,11 +163,15 @@ def _load(case: Case, path: Path, head: str, checkpointing: bool, device: str):
     # Batched sequence classification needs a pad token id (gpt2 and Llama configs have none): the tokenizer's "t0".
     kwargs = {"num_labels": 1, "pad_token_id": 0} if head != "causal_lm" else {}
     model = auto_class.from_pretrained(
-        path, dtype=_dtype(case.quantization), quantization_config=_quantization_config(case.quantization),
-        device_map={"": device}, **kwargs,
+        path, dtype=_dtype(case.quantization), device_map={"": device},
+        quantization_config=_quantization_config(case.quantization, case.int8_threshold), **kwargs,
     )  # fmt: skip
     if case.quantization in ("8bit", "4bit"):
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+        # Reentrant checkpoints, as the SFT and reward recipes use on a quantized base (transformers 5's default,
+        # non-reentrant, keeps the layer inputs that bitsandbytes' matmul stashes on its autograd context).
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": True}
+        )
     elif checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -157,6 +184,12 @@ def _synchronize(device: str) -> None:
 
 
 def _timed(fn, steps: int, device: str) -> float:
+    """Seconds per call of `fn` over `steps` calls after one warm-up call; `steps=0`: the one call, timed."""
+    if steps == 0:
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        return time.perf_counter() - start
     fn()  # warm-up
     _synchronize(device)
     start = time.perf_counter()
@@ -166,23 +199,86 @@ def _timed(fn, steps: int, device: str) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool, device: str = "cuda") -> dict:
-    """Run `case` on `device` ("cuda": GPU 0, or "cpu"): peak allocated/reserved bytes (CUDA only, None on the CPU),
-    seconds per step, tokens per second."""
+TRACKED_TOP_STORAGES = 12
+"""Largest storages listed per phase (and overall) at its peak in `measure(..., track_memory=True)`."""
+
+
+def _tracked(tracker, elapsed: float) -> dict:
+    """JSON-ready figures of a finished `MemoryTracker`: peaks (bytes), per-phase statistics and, per phase and
+    overall, the largest storages alive at the peak and the live bytes grouped by creating operator."""
+    from stackrlhf.memory import StorageRecord
+
+    def describe(record: StorageRecord) -> dict:
+        return {"nbytes": record.nbytes, "origin": record.origin, "phase": record.phase, "shape": list(record.shape),
+                "dtype": str(record.dtype).removeprefix("torch."), "inside": record.inside}  # fmt: skip
+
+    at_peak = {None: tracker.live_at_peak(), **{name: tracker.live_at_peak(name) for name in tracker.phases}}
+    result = tracker.summary()
+    result["seconds"] = elapsed
+    result["peak_without_composite_temporaries"] = tracker.peak_without(lambda record: record.inside is not None)
+    result["at_peak"] = {}
+    for phase, records in at_peak.items():
+        grouped: dict[str, int] = {}
+        for record in records:
+            key = record.origin if record.phase != "baseline" else "weights and states (baseline)"
+            grouped[key] = grouped.get(key, 0) + record.nbytes
+        result["at_peak"][phase or "overall"] = {
+            "top": [describe(record) for record in records[:TRACKED_TOP_STORAGES]],
+            "by_origin": dict(sorted(grouped.items(), key=lambda item: -item[1])),
+        }
+    return result
+
+
+def _ppo_phase_wraps(tracker, trainer) -> None:
+    """Label the PPO step's phases by wrapping the trainer's methods from outside (restored when `tracker` exits)."""
+    tracker.wrap(trainer, "generate", "generation")
+    tracker.wrap(trainer, "batched_forward_pass", lambda: "training_forward" if torch.is_grad_enabled() else "rollout")
+    tracker.wrap(trainer, "loss", "loss")
+    tracker.wrap(trainer.accelerator, "backward", "backward")
+    tracker.wrap(trainer.optimizer, "step", "optimizer")
+
+
+def measure(
+    case: Case, model_dir: Path, steps: int, checkpointing: bool, device: str = "cuda", track_memory: bool = False
+) -> dict:
+    """Run `case` on `device` ("cuda": GPU 0, or "cpu"): one warm-up and `steps` timed steps (`steps=0`: one step,
+    timed). PPO generates for every step first, then runs the PPO steps (tracked: the other way round).
+
+    Returns peak allocated/reserved bytes (CUDA only, None on the CPU), seconds per step, tokens per second and,
+    with `track_memory`, `tracked`: the `stackrlhf.memory.MemoryTracker` figures (bytes) of all the steps together
+    (`peak_bytes`, `baseline_bytes`: the loaded model and its empty optimizer, `phases`, `at_peak`); a tracked PPO
+    run makes its steps on random responses first and then generates (in eval mode), so that the generation sees
+    the optimizer states. Tracking makes the steps slower (every operator passes through Python).
+    """
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    path = _save_random_model(case.model, model_dir)
-    vocab = load_model_config(case.model).vocab_size
+    path = _save_random_model(case.model, model_dir, case.layers)
+    vocab = model_config(case.model).vocab_size
     length = case.query_length + case.response_length
     generation_tokens_per_s = None
+    tracker = None
+
+    def tracking(roots: dict) -> AbstractContextManager:
+        """A `MemoryTracker` whose baseline is `roots` (the loaded models and optimizer), or nothing."""
+        nonlocal tracker
+        if not track_memory:
+            return nullcontext()
+        from stackrlhf.memory import MemoryTracker
+
+        tracker = MemoryTracker(roots=roots, device=device)
+        return tracker
+
+    def phase(name: str) -> AbstractContextManager:
+        return tracker.phase(name) if tracker is not None else nullcontext()
+
     if case.stage == "ppo":
         from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
         model = AutoModelForCausalLMWithValueHead.from_pretrained(
             str(path), peft_config=_lora_config(case, "CAUSAL_LM"), dtype=_dtype(case.quantization),
-            quantization_config=_quantization_config(case.quantization), device_map={"": device},
+            quantization_config=_quantization_config(case.quantization, case.int8_threshold), device_map={"": device},
             use_gradient_checkpointing=checkpointing,
         )  # fmt: skip
         # `use_gradient_checkpointing` above only reaches quantized models: the config turns it on for any.
@@ -197,10 +293,23 @@ def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool, device
         def generate():
             responses[:] = trainer.generate(queries, return_prompt=False, batch_size=case.batch_size, **generation)
 
-        generation_s = _timed(generate, steps, device)
-        generation_tokens_per_s = case.batch_size * case.response_length / generation_s
         scores = [torch.tensor(1.0, device=device) for _ in range(case.batch_size)]
-        seconds = _timed(lambda: trainer.step(queries, list(responses), scores), steps, device)
+        with tracking({"model": trainer.model, "optimizer": trainer.optimizer, "reference": trainer.ref_model}):
+            start = time.perf_counter()
+            if tracker is None:
+                generation_s = _timed(generate, steps, device)
+                seconds = _timed(lambda: trainer.step(queries, list(responses), scores), steps, device)
+            else:
+                _ppo_phase_wraps(tracker, trainer)
+                # Memory does not depend on the tokens: the step runs on random responses first, so that the
+                # generation after it sees the optimizer states, as from the second PPO iteration on. It runs in
+                # eval mode (the fresh model's mode): on the CPU, bitsandbytes' 8-bit layers in training mode
+                # dequantize their whole weight in every forward pass (MatMul8bitFp), which CUDA's path does not.
+                responses[:] = [torch.randint(2, vocab, (case.response_length,), device=device) for _ in queries]
+                seconds = _timed(lambda: trainer.step(queries, list(responses), scores), steps, device)
+                trainer.model.eval()
+                generation_s = _timed(generate, steps, device)
+            generation_tokens_per_s = case.batch_size * case.response_length / generation_s
         tokens = case.batch_size * length
     else:
         head = "causal_lm" if case.stage == "sft" else "sequence_classification"
@@ -210,24 +319,34 @@ def measure(case: Case, model_dir: Path, steps: int, checkpointing: bool, device
         input_ids = torch.randint(2, vocab, (rows, length), device=device)
 
         def train_step():
-            if case.stage == "sft":
-                loss = model(input_ids=input_ids, labels=input_ids).loss
-            else:
-                scores = model(input_ids=input_ids).logits.squeeze(-1)
-                loss = -torch.nn.functional.logsigmoid(scores[: case.batch_size] - scores[case.batch_size :]).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+            model.train()  # transformers recomputes activations (gradient checkpointing) only in training mode
+            with phase("forward"):
+                if case.stage == "sft":
+                    loss = model(input_ids=input_ids, labels=input_ids).loss
+                else:
+                    scores = model(input_ids=input_ids).logits.squeeze(-1)
+                    chosen, rejected = scores[: case.batch_size], scores[case.batch_size :]
+                    loss = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+            with phase("backward"):
+                loss.backward()
+            with phase("optimizer"):
+                optimizer.step()
+                optimizer.zero_grad()
 
-        seconds = _timed(train_step, steps, device)
+        with tracking({"model": model, "optimizer": optimizer}):
+            start = time.perf_counter()
+            seconds = _timed(train_step, steps, device)
         tokens = rows * length
-    return {
+    result = {
         "max_memory_allocated": torch.cuda.max_memory_allocated() if cuda else None,
         "max_memory_reserved": torch.cuda.max_memory_reserved() if cuda else None,
         "seconds_per_step": seconds,
         "train_tokens_per_s": tokens / seconds,
         "generation_tokens_per_s": generation_tokens_per_s,
     }
+    if tracker is not None:
+        result["tracked"] = _tracked(tracker, time.perf_counter() - start)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------------
