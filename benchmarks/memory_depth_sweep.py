@@ -91,6 +91,8 @@ class SweepConfig:
         int8_threshold: 8bit: LLM.int8's outlier threshold (None: bitsandbytes' 6.0). With random weights many
             activations exceed 6.0, so the outlier decomposition handles thousands of columns (a real model has a
             few): 0 turns it off, closer to a trained model's memory.
+        upcast_non_quantized: False keeps a quantized base's embeddings, lm_head and norms in bf16 (PPO recipe's
+            `--upcast_non_quantized false`; activations and KV cache then 16-bit too).
     """
 
     model: str
@@ -100,24 +102,27 @@ class SweepConfig:
     response_length: int = 128
     layers: tuple[int, ...] = (1, 2)
     int8_threshold: float | None = None
+    upcast_non_quantized: bool = True
 
     @property
     def label(self) -> str:
         name = Path(self.model).name if Path(self.model).is_dir() else self.model.split("/")[-1]
         threshold = f" threshold {self.int8_threshold:g}" if self.int8_threshold is not None else ""
+        threshold += "" if self.upcast_non_quantized else " 16-bit non-quantized"
         return f"{name} {self.quantization}{threshold} {self.stage} {self.query_length}+{self.response_length}"
 
     def case(self, layers: int) -> single.Case:
         """The `memory_single_gpu.Case` at depth `layers`: batch 1, mini batch 1, LoRA r=16."""
         return single.Case(self.model, self.stage, self.quantization, batch_size=1, mini_batch_size=1,
                            query_length=self.query_length, response_length=self.response_length, lora_r=16,
-                           layers=layers, int8_threshold=self.int8_threshold)  # fmt: skip
+                           layers=layers, int8_threshold=self.int8_threshold,
+                           upcast_non_quantized=self.upcast_non_quantized)  # fmt: skip
 
     def plan_settings(self) -> dict[str, Any]:
         """`stackrlhf.planner.plan` keywords (without the model) for the same settings, checkpointing on."""
         return {"stage": self.stage, "quantization": self.quantization, "batch_size": 1, "mini_batch_size": 1,
                 "query_length": self.query_length, "response_length": self.response_length, "lora_r": 16,
-                "gradient_checkpointing": True}  # fmt: skip
+                "gradient_checkpointing": True, "upcast_non_quantized": self.upcast_non_quantized}  # fmt: skip
 
 
 NEOX, LLAMA_7B, LLAMA_13B = "EleutherAI/gpt-neox-20b", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf"
@@ -301,6 +306,8 @@ def select(args: argparse.Namespace) -> list[SweepConfig]:
         configs = [
             dataclasses.replace(c, int8_threshold=args.int8_threshold) for c in configs if c.quantization == "8bit"
         ]
+    if args.no_upcast:
+        configs = [dataclasses.replace(c, upcast_non_quantized=False) for c in configs if c.stage == "ppo"]
     return configs
 
 
@@ -500,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", help="comma-separated depths, replacing each configuration's own")
     parser.add_argument("--query-length", type=int, help="only configurations with this prompt length")
     parser.add_argument("--int8-threshold", type=float, help="8bit only, with this LLM.int8 outlier threshold")
+    parser.add_argument(
+        "--no-upcast", action="store_true", help="ppo only: keep the non-quantized weights in bf16 (no float32 upcast)"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny GPT-NeoX config, in this process (seconds)")
     parser.add_argument("--in-process", action="store_true", help="run the cases in this process")
     parser.add_argument("--model-dir", type=Path, help="random-weight models saved here and kept (default: temp)")

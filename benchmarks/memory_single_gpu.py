@@ -59,6 +59,9 @@ class Case:
     """Keep only this many transformer blocks (`num_hidden_layers`); None: the model's own depth."""
     int8_threshold: float | None = None
     """8bit: LLM.int8's outlier threshold (None: bitsandbytes' 6.0; 0 turns the fp16 outlier decomposition off)."""
+    upcast_non_quantized: bool = True
+    """ppo, 8/4-bit: False keeps the embeddings, lm_head and norms in bf16 (the PPO recipe's
+    `--upcast_non_quantized false`, the 20B write-up's setting) instead of peft's float32 upcast."""
 
     @property
     def settings(self) -> dict:
@@ -71,13 +74,15 @@ class Case:
             "query_length": self.query_length,
             "response_length": self.response_length,
             "lora_r": self.lora_r,
+            "upcast_non_quantized": self.upcast_non_quantized,
         }
 
     @property
     def label(self) -> str:
         depth = f" {self.layers}L" if self.layers is not None else ""
         threshold = f" threshold {self.int8_threshold:g}" if self.int8_threshold is not None else ""
-        return f"{self.model}{depth} {self.quantization}{threshold} {self.stage}"
+        upcast = "" if self.upcast_non_quantized else " 16-bit non-quantized"
+        return f"{self.model}{depth} {self.quantization}{threshold}{upcast} {self.stage}"
 
 
 SMALL_MODELS = ("gpt2", "gpt2-large", "facebook/opt-1.3b")
@@ -279,7 +284,7 @@ def measure(
         model = AutoModelForCausalLMWithValueHead.from_pretrained(
             str(path), peft_config=_lora_config(case, "CAUSAL_LM"), dtype=_dtype(case.quantization),
             quantization_config=_quantization_config(case.quantization, case.int8_threshold), device_map={"": device},
-            use_gradient_checkpointing=checkpointing,
+            use_gradient_checkpointing=checkpointing, upcast_non_quantized=case.upcast_non_quantized,
         )  # fmt: skip
         # `use_gradient_checkpointing` above only reaches quantized models: the config turns it on for any.
         config = PPOConfig(batch_size=case.batch_size, mini_batch_size=case.mini_batch_size, seed=0,

@@ -8,8 +8,14 @@ recipe loads it; batch 1, random prompt and response tokens) on full-width model
 under `stackrlhf.memory.MemoryTracker` (live tensor storages, CPU). The peak is fitted as a + b x layers and
 extrapolated to the full depth. Generation is left out: it is the same code on both sides.
 
+LLM.int8 runs with `llm_int8_threshold=0` (no outlier decomposition): on random weights most feature columns of
+the MLP exceed bitsandbytes' default threshold of 6, and their float copies (hundreds of MiB per layer at 7B and
+512-token prompts) would be measured, where trained checkpoints have a handful of outlier columns.
+
     git worktree add /tmp/stackrlhf-before d913cd6   # the last commit before the lean step
-    python benchmarks/ppo_step_memory_savings.py --before /tmp/stackrlhf-before
+    python benchmarks/ppo_step_memory_savings.py --before /tmp/stackrlhf-before [--models 7b,13b]
+
+`--models` measures some of the cases again and keeps the saved results of the others.
 
 Each measurement runs in its own process (`--run`), with `PYTHONPATH` set to the checkout it measures; the tracker
 module is loaded from this checkout by file path, so the older checkout needs no copy of it.
@@ -78,7 +84,7 @@ def run_one(model: str, layers: int, query_length: int, response_length: int, mo
         str(path),
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM"),
         dtype=torch.bfloat16,
-        quantization_config=BitsAndBytesConfig(load_in_8bit=True),
+        quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0),
     )
     trainer = PPOTrainer(
         PPOConfig(batch_size=1, mini_batch_size=1, seed=0, gradient_checkpointing=True), policy, None, tokenizer
@@ -93,6 +99,15 @@ def run_one(model: str, layers: int, query_length: int, response_length: int, mo
     return {"peak_bytes": tracker.peak_bytes, "baseline_bytes": tracker.baseline_bytes}
 
 
+def _cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def fit(points: dict[int, float]) -> tuple[float, float]:
     """a, b of `peak = a + b * layers` through the two measured depths."""
     (x0, y0), (x1, y1) = sorted(points.items())
@@ -100,9 +115,11 @@ def fit(points: dict[int, float]) -> tuple[float, float]:
     return y0 - slope * x0, slope
 
 
-def measure_side(checkout: Path, model_dir: Path) -> dict:
+def measure_side(checkout: Path, model_dir: Path, models: set[str]) -> dict:
     results = {}
     for model, query_length, response_length, depth in CASES:
+        if model not in models:
+            continue
         points = {}
         for layers in LAYERS:
             env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -122,6 +139,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, help="a checkout (git worktree) of the older stackrlhf")
     parser.add_argument("--model_dir", type=Path, default=Path("/tmp/stackrlhf-depth-models"))
+    parser.add_argument("--models", help="comma-separated: neox, 7b, 13b (default: all)")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
@@ -129,10 +147,14 @@ def main() -> int:
         return 0
     if args.before is None:
         parser.error("--before CHECKOUT is required")
+    aliases = {"neox": CASES[0][0], "7b": CASES[1][0], "13b": CASES[2][0]}
+    models = {aliases[name] for name in args.models.split(",")} if args.models else set(aliases.values())
     args.model_dir.mkdir(parents=True, exist_ok=True)
-    before = measure_side(args.before.resolve(), args.model_dir)
-    after = measure_side(ROOT, args.model_dir)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads default"
+    saved = RESULTS / "ppo_step_memory_savings.json"
+    previous = json.loads(saved.read_text()) if saved.exists() and args.models else {}
+    before = {**previous.get("before_results", {}), **measure_side(args.before.resolve(), args.model_dir, models)}
+    after = {**previous.get("after_results", {}), **measure_side(ROOT, args.model_dir, models)}
+    machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, torch's default threads"
     lines = [
         "# One PPO step's peak memory (LoRA r=16 on an 8-bit base, batch 1): before and after the lean step",
         "",

@@ -2,26 +2,16 @@
 tiny 8-bit GPT-NeoX, PPO at 1, 2 and 3 blocks, tracked on the CPU) end to end, whose extrapolation to the config's
 4 blocks is checked against a run at 4 blocks."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_depth_sweep.py"
+from tests.benchmarks.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("memory_depth_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("memory_depth_sweep")
 
 
 def test_fit_line(sweep):

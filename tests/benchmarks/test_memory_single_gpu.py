@@ -2,26 +2,15 @@
 (LoRA, bitsandbytes 8-bit / 4-bit), SFT and reward steps, and the PPO step through `stackrlhf.PPOTrainer`, all with
 gradient checkpointing on (as the planner asks for most cases)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_single_gpu.py"
+from tests.benchmarks.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("memory_single_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("memory_single_gpu")
 
 
 @pytest.fixture(scope="module")

@@ -4,28 +4,18 @@ of the tracked peak, and its transient part (peak above the loaded weights) with
 
 Narrow models of each MLP kind keep this fast; `benchmarks/memory_depth_sweep.py` does the same at full width."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
 from stackrlhf.planner import plan
 from stackrlhf.planner.configs import load_model_config
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_single_gpu.py"
+from tests.benchmarks.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("memory_single_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+    yield from load_benchmark("memory_single_gpu")
 
 
 def _narrow(bundled: str, directory: Path, intermediate: int) -> str:
