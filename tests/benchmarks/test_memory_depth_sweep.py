@@ -58,13 +58,17 @@ def test_select(sweep):
     import argparse
 
     args = argparse.Namespace(models="7b,EleutherAI/gpt-neox-20b", quantizations="8bit", stages="ppo",
-                              query_length=None, layers="1,2,4", int8_threshold=None)  # fmt: skip
+                              query_length=None, layers="1,2,4", int8_threshold=None, no_upcast=False)  # fmt: skip
     configs = sweep.select(args)
     assert [c.label for c in configs] == ["gpt-neox-20b 8bit ppo 128+128", "Llama-2-7b-hf 8bit ppo 128+128"]
     assert all(c.layers == (1, 2, 4) for c in configs)
     args.models, args.quantizations, args.int8_threshold = "7b", None, 0.0
     assert [c.label for c in sweep.select(args)] == ["Llama-2-7b-hf 8bit threshold 0 ppo 128+128"]
     assert sweep.select(args)[0].case(1).int8_threshold == 0.0
+    args.int8_threshold, args.no_upcast, args.quantizations = None, True, "8bit"
+    (config,) = sweep.select(args)
+    assert config.label == "Llama-2-7b-hf 8bit 16-bit non-quantized ppo 128+128"
+    assert config.case(1).upcast_non_quantized is False and config.plan_settings()["upcast_non_quantized"] is False
 
 
 def test_quick_sweep_end_to_end(sweep, tmp_path):
