@@ -15,3 +15,14 @@ class DataError(StackRLHFError):
 
 class ConfigError(StackRLHFError):
     """A configuration that cannot work (conflicting flags, unknown modules, bad paths)."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of `err`'s message (its type's name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s whole message on one line, whitespace collapsed (its type's name when the message is empty)."""
+    return " ".join(str(err).split()) or type(err).__name__

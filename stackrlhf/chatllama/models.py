@@ -27,7 +27,7 @@ from trl import ModelConfig
 from stackrlhf.chatllama.buffer import join_padded
 from stackrlhf.chatllama.config import ActorConfig, ChatLlamaConfig, Mode, RewardConfig
 from stackrlhf.chatllama.timing import PhaseTimer
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, first_line
 from stackrlhf.models.llama2c import resolve_model_name_or_path
 from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
 
@@ -44,7 +44,7 @@ def model_family(section: str, source: str) -> str:
     try:
         family = AutoConfig.from_pretrained(resolve_model_name_or_path(name)).model_type
     except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"{section}.model {source!r}: not a known model family ({_first_line(err)}).") from err
+        raise ConfigError(f"{section}.model {source!r}: not a known model family ({first_line(err)}).") from err
     return family
 
 
@@ -331,8 +331,3 @@ def cut_after_eos(actions: torch.Tensor, eos_id: int) -> torch.Tensor:
     """`actions` [A] up to and including its first EOS (all of it when there is none)."""
     hits = (actions == eos_id).nonzero()
     return actions[: int(hits[0]) + 1] if len(hits) else actions
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -25,7 +25,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stackrlhf.errors import ConfigError, DataError
+from stackrlhf.errors import ConfigError, DataError, first_line
 
 BUNDLED_DATASET = "stackrlhf/hh-rlhf-harmless"
 """Name of the bundled HH-RLHF harmless-base test split (2,312 rows), so that default runs need no network."""
@@ -129,7 +129,7 @@ def _rows_or_unreadable(name: str, rows: Iterator[RawRow]) -> Iterator[RawRow]:
 
 
 def _unreadable(name: str, err: BaseException) -> DataError:
-    return DataError(f"{name}: cannot read the file ({_first_line(err)})")
+    return DataError(f"{name}: cannot read the file ({first_line(err)})")
 
 
 def _file_type(path: Path) -> tuple[str | None, bool]:
@@ -240,7 +240,7 @@ def _read_datasets(path: str, *, subset: str | None, data_dir: str | None, split
     try:
         dataset = datasets.load_dataset(path, subset, data_dir=data_dir, split=split, streaming=streaming)
     except (OSError, ValueError) as err:  # not found, offline, unknown split or config ...
-        raise DataError(f"{path}: not a local file, and loading it with datasets failed ({_first_line(err)})") from err
+        raise DataError(f"{path}: not a local file, and loading it with datasets failed ({first_line(err)})") from err
 
     def rows() -> Iterator[RawRow]:
         batches = dataset.iter(batch_size=_HUB_BATCH_SIZE)
@@ -264,8 +264,3 @@ def _with_columns(name: str, rows: Iterable[RawRow]) -> SourceRows:
         if row.values is not None:
             return SourceRows(name, list(row.values), itertools.chain(seen, rows))
     return SourceRows(name, [], iter(seen))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

@@ -26,7 +26,7 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, first_line
 from stackrlhf.models import bnb_cpu
 from stackrlhf.models.llama2c import resolve_model_name_or_path
 
@@ -105,7 +105,7 @@ def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> P
         tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
     except OSError as err:
         raise ConfigError(
-            f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({_first_line(err)})"
+            f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({first_line(err)})"
         ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
         raise ConfigError(
@@ -169,7 +169,7 @@ def load_model(
             config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, num_labels=num_labels)
             model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
     except OSError as err:
-        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({_first_line(err)})") from err
+        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({first_line(err)})") from err
     # Adapters saved later record this name as their base: keep the name the user gave (e.g. the bundled
     # `stackrlhf/stories260K`) rather than the cache directory it resolved to.
     model.config._name_or_path = model.name_or_path = model_args.model_name_or_path
@@ -197,7 +197,7 @@ def skeleton_model(
             name, revision=model_args.model_revision, num_labels=1, trust_remote_code=trust_remote_code
         )
     except OSError as err:
-        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({_first_line(err)})") from err
+        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({first_line(err)})") from err
     auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     with init_empty_weights():
         return auto_class.from_config(config, trust_remote_code=trust_remote_code)
@@ -238,8 +238,3 @@ def build_peft_config(model_args: ModelConfig, model: torch.nn.Module) -> LoraCo
 def _is_linear(module: torch.nn.Module) -> bool:
     """True for torch and bitsandbytes linear layers (both subclass `torch.nn.Linear`)."""
     return isinstance(module, torch.nn.Linear)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

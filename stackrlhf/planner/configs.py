@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, first_line
 from stackrlhf.models.llama2c import resolve_model_name_or_path
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -39,7 +39,7 @@ def load_model_config(model: str) -> PretrainedConfig:
         return AutoConfig.from_pretrained(resolve_model_name_or_path(model))
     except (OSError, ValueError) as err:
         raise ConfigError(
-            f"model {model!r}: no bundled config and cannot load one ({_first_line(err)}); bundled models: "
+            f"model {model!r}: no bundled config and cannot load one ({first_line(err)}); bundled models: "
             f"{', '.join(bundled_models())}, or give a local directory with a config.json."
         ) from err
 
@@ -53,8 +53,3 @@ def model_context_length(model: str) -> int | None:
     """
     context = getattr(load_model_config(model), "max_position_embeddings", None)
     return context if isinstance(context, int) and context > 0 else None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import yaml
 
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, one_line
 from stackrlhf.planner.settings import PlanSettings
 
 Recipe = Literal["sft", "reward", "ppo", "sentiment"]
@@ -204,11 +204,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError as err:
         raise ConfigError(f"config file {str(path)!r} does not exist.") from err
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {_one_line(err)}") from err
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(err)}") from err
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_one_line(err)}") from err
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {one_line(err)}") from err
     if not isinstance(values, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value, not {_kind(values)}.")
     values.pop("env", None)
@@ -585,7 +585,3 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def _kind(value: Any) -> str:
     return "an empty file" if value is None else f"a {type(value).__name__}"
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__

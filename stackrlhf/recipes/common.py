@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig, TrlParser
 
 from stackrlhf.data import DataArguments, load_splits
-from stackrlhf.errors import ConfigError, StackRLHFError
+from stackrlhf.errors import ConfigError, StackRLHFError, one_line
 from stackrlhf.models.loading import (
     ModelTask,
     build_peft_config,
@@ -141,9 +141,9 @@ def parse_args(parser: TrlParser, argv: Sequence[str] | None = None) -> tuple[An
     except FileNotFoundError as err:
         raise ConfigError(f"config file {err.filename!r} does not exist.") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file is not valid YAML: {_one_line(err)}") from err
+        raise ConfigError(f"config file is not valid YAML: {one_line(err)}") from err
     except (ValueError, TypeError) as err:
-        raise ConfigError(_one_line(err)) from err
+        raise ConfigError(one_line(err)) from err
 
 
 def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
@@ -169,7 +169,3 @@ def dump_config(*configs: Any) -> str:
         values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         sections[type(config).__name__] = json.loads(json.dumps(values, default=str))
     return yaml.safe_dump(sections, sort_keys=False, allow_unicode=True)
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
