@@ -103,38 +103,46 @@ class SweepConfig:
     layers: tuple[int, ...] = (1, 2)
     int8_threshold: float | None = None
     upcast_non_quantized: bool = True
+    batch_size: int = 1
 
     @property
     def label(self) -> str:
         name = Path(self.model).name if Path(self.model).is_dir() else self.model.split("/")[-1]
         threshold = f" threshold {self.int8_threshold:g}" if self.int8_threshold is not None else ""
         threshold += "" if self.upcast_non_quantized else " 16-bit non-quantized"
+        threshold += f" batch {self.batch_size}" if self.batch_size != 1 else ""
         return f"{name} {self.quantization}{threshold} {self.stage} {self.query_length}+{self.response_length}"
 
     def case(self, layers: int) -> single.Case:
         """The `memory_single_gpu.Case` at depth `layers`: batch 1, mini batch 1, LoRA r=16."""
-        return single.Case(self.model, self.stage, self.quantization, batch_size=1, mini_batch_size=1,
+        return single.Case(self.model, self.stage, self.quantization, batch_size=self.batch_size, mini_batch_size=1,
                            query_length=self.query_length, response_length=self.response_length, lora_r=16,
                            layers=layers, int8_threshold=self.int8_threshold,
                            upcast_non_quantized=self.upcast_non_quantized)  # fmt: skip
 
     def plan_settings(self) -> dict[str, Any]:
         """`stackrlhf.planner.plan` keywords (without the model) for the same settings, checkpointing on."""
-        return {"stage": self.stage, "quantization": self.quantization, "batch_size": 1, "mini_batch_size": 1,
+        return {"stage": self.stage, "quantization": self.quantization, "batch_size": self.batch_size,
+                "mini_batch_size": 1,
                 "query_length": self.query_length, "response_length": self.response_length, "lora_r": 16,
                 "gradient_checkpointing": True, "upcast_non_quantized": self.upcast_non_quantized}  # fmt: skip
 
 
 NEOX, LLAMA_7B, LLAMA_13B = "EleutherAI/gpt-neox-20b", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-13b-hf"
+LLAMA_70B = "meta-llama/Llama-2-70b-hf"
 STAGES = ("ppo", "sft", "reward")
 SWEEP = (
     [SweepConfig(NEOX, "8bit", stage, layers=(1, 2, 3)) for stage in STAGES]
     + [SweepConfig(model, quantization, stage) for model in (LLAMA_7B, LLAMA_13B) for quantization in ("8bit", "4bit")
        for stage in STAGES]
     + [SweepConfig(LLAMA_13B, "4bit", "ppo", query_length=256, response_length=128)]
+    + [SweepConfig(LLAMA_13B, "4bit", "ppo", query_length=511, response_length=128, batch_size=4)]
+    + [SweepConfig(LLAMA_70B, "4bit", "ppo")]
 )  # fmt: skip
-"""The default sweep; StackLLaMA-like last line: Llama-2-13B 4-bit PPO with 256-token prompts."""
-MODEL_ALIASES = {"neox": NEOX, "20b": NEOX, "7b": LLAMA_7B, "13b": LLAMA_13B}
+"""The default sweep. Last lines: Llama-2-13B 4-bit PPO with 256-token prompts, and with StackLLaMA's rl_training
+limits (prompts up to 511 tokens, 128-token responses, batches of 4 generated and trained one at a time: the
+trl#688 case), and Llama-2-70B 4-bit PPO."""
+MODEL_ALIASES = {"neox": NEOX, "20b": NEOX, "7b": LLAMA_7B, "13b": LLAMA_13B, "70b": LLAMA_70B}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
