@@ -97,10 +97,12 @@ def block_backward_bytes(
     return int(per_token * tokens * act_bytes)
 
 
-def block_forward_bytes(dims: ModelDims, tokens: int, act_bytes: int) -> int:
-    """A block's transient buffers in a forward pass without gradients (rollout, generation prefill)."""
+def block_forward_bytes(dims: ModelDims, tokens: int, act_bytes: int, quantization: str = "none") -> int:
+    """A block's transient buffers in a forward pass without gradients (rollout, generation prefill). bitsandbytes'
+    4-bit layers compute in bfloat16, so their MLP outputs take half the room of float32 activations (measured)."""
     forward, _ = mlp_buffers(dims)
-    return int((forward * dims.intermediate + 2 * dims.hidden) * tokens * act_bytes)
+    mlp_bytes = 2 if quantization == "4bit" else act_bytes
+    return int(forward * dims.intermediate * tokens * mlp_bytes + 2 * dims.hidden * tokens * act_bytes)
 
 
 def dequantized_weight_bytes(dims: ModelDims, quantization: str, act_bytes: int) -> int:
@@ -139,12 +141,14 @@ def training_logits_bytes(stage: str, dims: ModelDims, tokens: int, act_bytes: i
     return tokens * dims.vocab * (model_dtype_copy + 3 * FLOAT32_BYTES)
 
 
-def rollout_bytes(dims: ModelDims, tokens: int, act_bytes: int, row_tokens: int, dequantized: int) -> int:
+def rollout_bytes(
+    dims: ModelDims, tokens: int, act_bytes: int, row_tokens: int, dequantized: int, quantization: str = "none"
+) -> int:
     """PPO's no-grad forward passes (log π_old, log π_ref, values) over one chunk of `tokens` tokens: the hidden
     states the value-head model asks for (`n + 1` of `(tokens, h)`), then either a block's transient buffers (with
     a dequantized 4-bit weight) or two head chunks (logits and log-softmax), whichever is larger."""
     hidden_states = (dims.layers + 1) * dims.hidden * tokens * act_bytes
-    block = block_forward_bytes(dims, tokens, act_bytes) + dequantized
+    block = block_forward_bytes(dims, tokens, act_bytes, quantization) + dequantized
     return hidden_states + max(block, head_chunk_bytes(dims, row_tokens, act_bytes, buffers=2))
 
 
@@ -154,11 +158,13 @@ def kv_cache_bytes(dims: ModelDims, batch: int, sequence_length: int, act_bytes:
     return 2 * dims.layers * batch * sequence_length * dims.kv_dim * act_bytes
 
 
-def generation_working_bytes(dims: ModelDims, batch: int, query_length: int, act_bytes: int, dequantized: int) -> int:
+def generation_working_bytes(
+    dims: ModelDims, batch: int, query_length: int, act_bytes: int, dequantized: int, quantization: str = "none"
+) -> int:
     """Generation's transient buffers besides the final KV cache: the larger of the prefill (one block's
     buffers over `batch * query_length` tokens, a dequantized 4-bit weight) and a decoding step (the last
     position's float32 logits, processed scores and probabilities, `3 * batch * V * 4`). transformers computes
     the prefill logits of the last position only; the KV cache is planned apart, at its final length."""
-    prefill = block_forward_bytes(dims, batch * query_length, act_bytes) + dequantized
+    prefill = block_forward_bytes(dims, batch * query_length, act_bytes, quantization) + dequantized
     decode = 3 * batch * dims.vocab * FLOAT32_BYTES
     return max(prefill, decode)

@@ -201,10 +201,12 @@ def estimate(settings: PlanSettings) -> MemoryPlan:
     if settings.stage == "ppo":
         generation_batch = min(settings.generation_batch_size or settings.batch_size, settings.batch_size)
         rollout_dequantized = dequantized if settings.quantization == "4bit" else 0  # int8 forward: no copy
-        components["rollout"] = activations.rollout_bytes(dims, train_tokens, act_bytes, length, rollout_dequantized)
+        components["rollout"] = activations.rollout_bytes(
+            dims, train_tokens, act_bytes, length, rollout_dequantized, settings.quantization
+        )
         components["kv_cache"] = activations.kv_cache_bytes(dims, generation_batch, length, act_bytes)
         components["generation_buffers"] = activations.generation_working_bytes(
-            dims, generation_batch, settings.query_length, act_bytes, rollout_dequantized
+            dims, generation_batch, settings.query_length, act_bytes, rollout_dequantized, settings.quantization
         )
         phases["rollout"] = components["rollout"]
         phases["generation"] = components["kv_cache"] + components["generation_buffers"]
