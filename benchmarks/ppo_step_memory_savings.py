@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the sibling scripts memory_single_gpu and memory_depth_sweep
 TRACKER = ROOT / "stackrlhf" / "memory" / "tracker.py"
 GIB = 2**30
 CASES = [
@@ -56,38 +57,27 @@ def _tracker_module():
 
 
 def run_one(model: str, layers: int, query_length: int, response_length: int, model_dir: Path) -> dict:
-    """One tracked `step` of the stackrlhf importable here; returns peak and baseline bytes."""
+    """One tracked `step` of the stackrlhf importable here; returns peak and baseline bytes. The model, LoRA,
+    bitsandbytes settings and tokenizer come from `memory_single_gpu`, whose imports both checkouts provide."""
+    import memory_single_gpu as single
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedTokenizerFast
-    from transformers.models.auto.configuration_auto import AutoConfig
 
     from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
-    from stackrlhf.planner.configs import load_model_config
 
-    config = load_model_config(model)
-    config.num_hidden_layers = layers
-    path = model_dir / f"{model.replace('/', '--')}--{layers}layers"
-    if not (path / "config.json").exists():
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
-    vocab = AutoConfig.from_pretrained(path).vocab_size
-
-    from peft import LoraConfig
-    from tokenizers import Tokenizer, models
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab)}, unk_token="t0")),
-        pad_token="t0",
-        eos_token="t1",
-    )
+    case = single.Case(model, "ppo", "8bit", 1, 1, query_length, response_length, layers=layers, int8_threshold=0.0)
+    path = single._save_random_model(case.model, model_dir, case.layers)
+    vocab = single.model_config(case.model).vocab_size
     policy = AutoModelForCausalLMWithValueHead.from_pretrained(
         str(path),
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM"),
+        peft_config=single._lora_config(case, "CAUSAL_LM"),
         dtype=torch.bfloat16,
-        quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0),
+        quantization_config=single._quantization_config(case.quantization, case.int8_threshold),
     )
     trainer = PPOTrainer(
-        PPOConfig(batch_size=1, mini_batch_size=1, seed=0, gradient_checkpointing=True), policy, None, tokenizer
+        PPOConfig(batch_size=1, mini_batch_size=1, seed=0, gradient_checkpointing=True),
+        policy,
+        None,
+        single._tokenizer(vocab),
     )
     torch.manual_seed(0)
     queries = [torch.randint(2, vocab, (query_length,))]
@@ -108,13 +98,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def fit(points: dict[int, float]) -> tuple[float, float]:
-    """a, b of `peak = a + b * layers` through the two measured depths."""
-    (x0, y0), (x1, y1) = sorted(points.items())
-    slope = (y1 - y0) / (x1 - x0)
-    return y0 - slope * x0, slope
-
-
 def measure_side(checkout: Path, model_dir: Path, models: set[str]) -> dict:
     results = {}
     for model, query_length, response_length, depth in CASES:
@@ -130,8 +113,11 @@ def measure_side(checkout: Path, model_dir: Path, models: set[str]) -> dict:
                 raise RuntimeError(f"{checkout} {model} {layers} layers failed:\n{output.stderr[-3000:]}")
             points[layers] = json.loads(output.stdout.strip().splitlines()[-1])["peak_bytes"]
             print(f"{checkout.name}: {model} {layers} layers: {points[layers] / GIB:.3f} GiB", flush=True)
-        a, b = fit(points)
-        results[model] = {"points": points, "a": a, "b": b, "full_depth": depth, "extrapolated": a + b * depth}
+        from memory_depth_sweep import extrapolate, fit_line
+
+        line = fit_line(list(points), list(points.values()))
+        results[model] = {"points": points, "a": line["a"], "b": line["b"], "full_depth": depth,
+                          "extrapolated": extrapolate(line, depth)}  # fmt: skip
     return results
 
 
