@@ -115,10 +115,10 @@ def _checkpoint_in_eval_mode(layer: nn.Module, function: Callable, *args, **kwar
 
 
 @contextmanager
-def checkpointed_eval_forward(model: nn.Module) -> Iterator[int]:
+def checkpointed_eval_forward(model: nn.Module) -> Iterator[None]:
     """Eval mode for `model` (no dropout anywhere), with activation checkpointing still running in the layers that
-    have it enabled; yields how many such layers there are. Restores each layer's state on exit (checkpoints
-    taken inside keep their eval-mode recomputation for the backward pass)."""
+    have it enabled. Restores each layer's state on exit (checkpoints taken inside keep their eval-mode
+    recomputation for the backward pass)."""
     model.eval()
     layers = [
         module
@@ -130,7 +130,7 @@ def checkpointed_eval_forward(model: nn.Module) -> Iterator[int]:
         layer.training = True  # the gate only: `_checkpoint_in_eval_mode` runs the layer in eval mode
         layer._gradient_checkpointing_func = partial(_checkpoint_in_eval_mode, layer)
     try:
-        yield len(layers)
+        yield
     finally:
         for layer, function in saved:
             layer.training = False
