@@ -534,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
         config = SweepConfig(**{**spec["config"], "layers": tuple(spec["config"]["layers"])})
         args.case_output.write_text(json.dumps(run_case(config, spec["layers"], args.model_dir)))
         return 0
+    if not (args.report_only or args.quick or select(args)):
+        parser.error("the selection (--models, --quantizations, --stages, ...) matches no configuration of the sweep")
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:

@@ -134,7 +134,11 @@ def main() -> int:
     if args.before is None:
         parser.error("--before CHECKOUT is required")
     aliases = {"neox": CASES[0][0], "7b": CASES[1][0], "13b": CASES[2][0]}
-    models = {aliases[name] for name in args.models.split(",")} if args.models else set(aliases.values())
+    names = args.models.split(",") if args.models else list(aliases)
+    unknown = sorted(set(names) - set(aliases))
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(aliases)}")
+    models = {aliases[name] for name in names}
     args.model_dir.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "ppo_step_memory_savings.json"
     previous = json.loads(saved.read_text()) if saved.exists() and args.models else {}

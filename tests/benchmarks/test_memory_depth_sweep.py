@@ -113,3 +113,11 @@ def test_sft_and_reward_cases_are_tracked_by_phase(sweep, tmp_path, stage):
     assert case["tracked"]["peak_bytes"] == max(stats["peak_bytes"] for stats in phases.values())
     # The backward pass holds the LoRA gradients (and recomputed activations) on top of the weights.
     assert phases["backward"]["peak_bytes"] > case["tracked"]["baseline_bytes"]
+
+
+def test_a_selection_that_matches_nothing_is_one_error_line_and_writes_nothing(sweep, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["--models", "no-such-model", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "matches no configuration" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
