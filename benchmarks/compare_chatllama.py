@@ -73,7 +73,7 @@ class BenchmarkArguments:
 def prepare_checkpoints(args: BenchmarkArguments, work_dir: Path) -> tuple[str, str]:
     """(merged SFT model directory, reward adapter directory). Not given: for the tiny model, the PPO demo's own cached
     stages (`stackrlhf stages`), so the comparison uses the pipeline's checkpoints; for other models, quick ones."""
-    from stackrlhf.models.llama2c import TINY_MODEL
+    from stackrlhf.models.bundled import TINY_MODEL
     from stackrlhf.models.loading import read_adapter
     from stackrlhf.recipes.stages import offline_stages
 

@@ -1,9 +1,9 @@
 """Peak memory of one `PPOTrainer.step`, this checkout against an older one: what the lean step saves.
 
 The PPO step of this checkout runs gradient checkpointing in its training forward passes (eval-mode numerics kept)
-and takes log-probs from the language-model head a chunk of tokens at a time (`stackrlhf.lean_forward`); before,
-checkpointing never ran in the step and whole-sequence float32 logits and log-softmax were kept. Both sides run
-the same step (LoRA r=16 policy on a bitsandbytes 8-bit base with gradient checkpointing requested, as the PPO
+and takes log-probs from the language-model head a chunk of tokens at a time (`stackrlhf.trainer.lean_forward`);
+before, checkpointing never ran in the step and whole-sequence float32 logits and log-softmax were kept. Both sides
+run the same step (LoRA r=16 policy on a bitsandbytes 8-bit base with gradient checkpointing requested, as the PPO
 recipe loads it; batch 1, random prompt and response tokens) on full-width models truncated to 1 and 2 blocks,
 under `stackrlhf.memory.MemoryTracker` (live tensor storages, CPU). The peak is fitted as a + b x layers and
 extrapolated to the full depth. Generation is left out: it is the same code on both sides.

@@ -22,13 +22,13 @@ _EXPORTS = {
     "RunningMoments": "stackrlhf.core",
     "respond_to_batch": "stackrlhf.core",
     "set_seed": "stackrlhf.core",
-    "PreTrainedModelWrapper": "stackrlhf.modeling_base",
-    "create_reference_model": "stackrlhf.modeling_base",
-    "AutoModelForCausalLMWithValueHead": "stackrlhf.modeling_value_head",
-    "AutoModelForSeq2SeqLMWithValueHead": "stackrlhf.modeling_value_head",
-    "ValueHead": "stackrlhf.modeling_value_head",
-    "PPOConfig": "stackrlhf.ppo_config",
-    "PPOTrainer": "stackrlhf.ppo_trainer",
+    "PreTrainedModelWrapper": "stackrlhf.models.modeling_base",
+    "create_reference_model": "stackrlhf.models.modeling_base",
+    "AutoModelForCausalLMWithValueHead": "stackrlhf.models.modeling_value_head",
+    "AutoModelForSeq2SeqLMWithValueHead": "stackrlhf.models.modeling_value_head",
+    "ValueHead": "stackrlhf.models.modeling_value_head",
+    "PPOConfig": "stackrlhf.trainer.ppo_config",
+    "PPOTrainer": "stackrlhf.trainer.ppo_trainer",
 }
 
 __all__ = [
@@ -56,14 +56,14 @@ if TYPE_CHECKING:
         respond_to_batch,
         set_seed,
     )
-    from stackrlhf.modeling_base import PreTrainedModelWrapper, create_reference_model
-    from stackrlhf.modeling_value_head import (
+    from stackrlhf.models.modeling_base import PreTrainedModelWrapper, create_reference_model
+    from stackrlhf.models.modeling_value_head import (
         AutoModelForCausalLMWithValueHead,
         AutoModelForSeq2SeqLMWithValueHead,
         ValueHead,
     )
-    from stackrlhf.ppo_config import PPOConfig
-    from stackrlhf.ppo_trainer import PPOTrainer
+    from stackrlhf.trainer.ppo_config import PPOConfig
+    from stackrlhf.trainer.ppo_trainer import PPOTrainer
 
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

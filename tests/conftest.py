@@ -13,6 +13,6 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 @pytest.fixture(scope="session")
 def tiny_model_dir():
     """The bundled stories260K converted to transformers format (built once into the user cache)."""
-    from stackrlhf.models.llama2c import tiny_model_path
+    from stackrlhf.models.bundled import tiny_model_path
 
     return tiny_model_path()

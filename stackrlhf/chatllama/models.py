@@ -28,7 +28,7 @@ from stackrlhf.chatllama.buffer import join_padded
 from stackrlhf.chatllama.config import ActorConfig, ChatLlamaConfig, Mode, RewardConfig
 from stackrlhf.chatllama.timing import PhaseTimer
 from stackrlhf.errors import ConfigError, first_line
-from stackrlhf.models.llama2c import resolve_model_name_or_path
+from stackrlhf.models.bundled import resolve_model_name_or_path
 from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
 
 

@@ -1,13 +1,12 @@
-"""Convert llama2.c checkpoints and tokenizers to transformers, and provide the bundled tiny model.
+"""Convert llama2.c checkpoints and tokenizers to transformers.
 
 llama2.c (github.com/karpathy/llama2.c) stores a Llama-2-architecture model as a flat float32 file and its
 SentencePiece BPE vocabulary as a flat list of (score, bytes). `convert_llama2c` turns such a pair into a directory
 that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load: a `LlamaForCausalLM` in
 safetensors and a fast (`tokenizers`) BPE tokenizer that encodes exactly like llama2.c's `encode` in run.c.
 
-`TINY_MODEL` names the bundled stories260K model (Karpathy's tinyllamas, MIT); `tiny_model_path` converts it once into
-the user cache directory, and `resolve_model_name_or_path` maps the name to that directory wherever a model name is
-accepted.
+`convert_llama2c_cached` converts once into the user cache; `stackrlhf.models.bundled` uses it for the bundled tiny
+model.
 """
 
 from __future__ import annotations
@@ -30,18 +29,12 @@ from tokenizers.models import BPE
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from stackrlhf.errors import ConfigError
+from stackrlhf.models.bundled import cache_root
 
 logger = logging.getLogger(__name__)
 
-TINY_MODEL = "stackrlhf/stories260K"
-"""The name that selects the bundled stories260K model wherever a `model_name_or_path` is accepted."""
-
 CONVERTER_VERSION = 1
 """Bumped whenever the converter's output changes, so cached conversions are rebuilt."""
-
-BUNDLED_DIR = Path(__file__).parent / "bundled" / "stories260K"
-BUNDLED_CHECKPOINT = BUNDLED_DIR / "stories260K.bin"
-BUNDLED_TOKENIZER = BUNDLED_DIR / "tok512.bin"
 
 PROVENANCE_FILE = "llama2c_conversion.json"
 """Written into every converted directory: the source files' paths and sha256, and the converter version."""
@@ -424,24 +417,6 @@ def convert_llama2c_cached(checkpoint: str | Path, tokenizer: str | Path) -> Pat
         if not target.is_dir():
             raise
     return target
-
-
-def tiny_model_path() -> Path:
-    """Directory of the bundled stories260K model converted to transformers (built on first use, then cached)."""
-    return convert_llama2c_cached(BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER)
-
-
-def resolve_model_name_or_path(name: str) -> str:
-    """Map `TINY_MODEL` to the converted bundled model's directory; return any other name unchanged."""
-    return str(tiny_model_path()) if name == TINY_MODEL else name
-
-
-def cache_root() -> Path:
-    """stackrlhf's cache directory: `$STACKRLHF_CACHE`, else `$XDG_CACHE_HOME/stackrlhf`, else ~/.cache/stackrlhf."""
-    if os.environ.get("STACKRLHF_CACHE"):
-        return Path(os.environ["STACKRLHF_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "stackrlhf"
 
 
 def _convert_into_staging(checkpoint: Path, tokenizer: Path, target: Path) -> Path:

@@ -28,7 +28,7 @@ from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from stackrlhf.errors import ConfigError, first_line
 from stackrlhf.models import bnb_cpu
-from stackrlhf.models.llama2c import resolve_model_name_or_path
+from stackrlhf.models.bundled import resolve_model_name_or_path
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from stackrlhf.planner.counting import ModelDims
 
 FLOAT32_BYTES = 4
 HEAD_CHUNK_ELEMENTS = 2**22
-"""`stackrlhf.lean_forward.CHUNK_ELEMENTS`: logits the PPO step computes at once (kept equal; tested)."""
+"""`stackrlhf.trainer.lean_forward.CHUNK_ELEMENTS`: logits the PPO step computes at once (kept equal; tested)."""
 
 # (forward, backward) counts of (tokens, I) buffers alive at the peak of one block's no-grad forward pass and of
 # its (recomputed) backward pass, per MLP activation. Separate-op activations keep their intermediates: GPT-2's
@@ -117,9 +117,9 @@ def dequantized_weight_bytes(dims: ModelDims, quantization: str, act_bytes: int)
 
 
 def head_chunk_bytes(dims: ModelDims, row_tokens: int, act_bytes: int, buffers: int) -> int:
-    """PPO's log-probs from the head a chunk at a time (`stackrlhf.lean_forward`): `buffers` float32 `(chunk, V)`
-    tensors (logits, log-softmax or softmax, the entropy's product or the gradients) plus the head's own output
-    when it is not float32; a chunk holds `HEAD_CHUNK_ELEMENTS // V` tokens of one sequence."""
+    """PPO's log-probs from the head a chunk at a time (`stackrlhf.trainer.lean_forward`): `buffers` float32
+    `(chunk, V)` tensors (logits, log-softmax or softmax, the entropy's product or the gradients) plus the head's own
+    output when it is not float32; a chunk holds `HEAD_CHUNK_ELEMENTS // V` tokens of one sequence."""
     chunk = min(row_tokens, max(1, HEAD_CHUNK_ELEMENTS // dims.vocab)) * dims.vocab
     model_dtype_copy = act_bytes if act_bytes != FLOAT32_BYTES else 0
     return chunk * (buffers * FLOAT32_BYTES + model_dtype_copy)

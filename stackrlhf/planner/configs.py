@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from stackrlhf.errors import ConfigError, first_line
-from stackrlhf.models.llama2c import resolve_model_name_or_path
+from stackrlhf.models.bundled import resolve_model_name_or_path
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from stackrlhf.errors import ConfigError, one_line
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.settings import PlanSettings
 
 Recipe = Literal["sft", "reward", "ppo", "sentiment"]
@@ -39,8 +40,6 @@ Recipe = Literal["sft", "reward", "ppo", "sentiment"]
 RECIPE_STAGE: dict[str, str] = {"sft": "sft", "reward": "reward", "ppo": "ppo", "sentiment": "ppo"}
 """The planner stage of each recipe (the sentiment quick start is a PPO run)."""
 
-TINY_MODEL = "stackrlhf/stories260K"
-"""`stackrlhf.models.llama2c.TINY_MODEL`, repeated so that reading a config imports no torch."""
 
 _MODEL_DEFAULTS: dict[str, Any] = {
     "model_name_or_path": TINY_MODEL,

@@ -18,12 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-from stackrlhf.models.llama2c import (
-    BUNDLED_CHECKPOINT,
-    BUNDLED_TOKENIZER,
-    convert_llama2c,
-    convert_llama2c_cached,
-)
+from stackrlhf.models.bundled import BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER
+from stackrlhf.models.llama2c import convert_llama2c, convert_llama2c_cached
 from stackrlhf.recipes.common import add_parser, run_recipe
 
 SAMPLE_TOKENS = 40

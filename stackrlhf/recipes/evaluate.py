@@ -24,11 +24,11 @@ from trl import ModelConfig
 from stackrlhf.core import set_seed
 from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
 from stackrlhf.errors import ConfigError
-from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.models.loading import load_tokenizer, read_adapter
+from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.recipes.common import SUMMARY_FILE, RunArguments, add_parser, dump_config, run_recipe
-from stackrlhf.rewards import check_rewards
-from stackrlhf.scoring import AdapterRewardScorer, RewardScorer
+from stackrlhf.rewards.contract import check_rewards
+from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
 
 EVALUATION_FILE = "evaluation.json"
 

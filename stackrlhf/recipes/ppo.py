@@ -29,7 +29,6 @@ from trl import ModelConfig, get_quantization_config
 from stackrlhf.core import set_seed
 from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
 from stackrlhf.errors import ConfigError
-from stackrlhf.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.models.loading import (
     build_peft_config,
     check_model_config,
@@ -37,14 +36,15 @@ from stackrlhf.models.loading import (
     read_adapter,
     skeleton_model,
 )
+from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.ppo_config import PPOConfig
-from stackrlhf.ppo_trainer import PPOTrainer
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
-from stackrlhf.recipes.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
 from stackrlhf.recipes.stages import offline_stages
-from stackrlhf.reporting import tensor_bytes
-from stackrlhf.scoring import AdapterRewardScorer, RewardScorer
+from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
+from stackrlhf.trainer.ppo_config import PPOConfig
+from stackrlhf.trainer.ppo_trainer import PPOTrainer
+from stackrlhf.trainer.reporting import tensor_bytes
+from stackrlhf.trainer.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
 
 logger = logging.getLogger(__name__)
 

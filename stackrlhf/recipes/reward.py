@@ -19,7 +19,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from stackrlhf.data import DataArguments, to_reward_dataset
 from stackrlhf.metrics import PAIRWISE_ACCURACY
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.common import (
     RunArguments,
@@ -30,7 +30,7 @@ from stackrlhf.recipes.common import (
     run_recipe,
     write_summary,
 )
-from stackrlhf.scoring import RewardScorer
+from stackrlhf.rewards.scorers import RewardScorer
 
 OFFLINE_DEFAULTS = {
     "model_name_or_path": TINY_MODEL,

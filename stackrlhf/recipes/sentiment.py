@@ -27,15 +27,15 @@ from trl import ModelConfig
 
 from stackrlhf.core import set_seed
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import check_model_config, load_tokenizer
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.ppo_config import PPOConfig
-from stackrlhf.ppo_trainer import PPOTrainer
 from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
 from stackrlhf.recipes.ppo import load_policy
-from stackrlhf.recipes.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
-from stackrlhf.rewards import ClassifierSentimentReward, VaderSentimentReward
+from stackrlhf.rewards.sentiment import ClassifierSentimentReward, VaderSentimentReward
+from stackrlhf.trainer.ppo_config import PPOConfig
+from stackrlhf.trainer.ppo_trainer import PPOTrainer
+from stackrlhf.trainer.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
 
 REWARD_MODEL_HELP = (
     "A transformers sentiment classifier whose positive-class logit is the reward, e.g. lvwerra/distilbert-imdb "

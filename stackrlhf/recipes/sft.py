@@ -17,7 +17,7 @@ import math
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.common import (
     RunArguments,

@@ -18,7 +18,7 @@ from accelerate import PartialState
 
 from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.llama2c import cache_root
+from stackrlhf.models.bundled import cache_root
 from stackrlhf.recipes import merge, reward, sft
 from stackrlhf.recipes.common import RunArguments, add_parser, parse_args
 

@@ -8,7 +8,7 @@ import pytest
 from stackrlhf.chatllama import ChatLlamaConfig, ChatLlamaTrainer, TrainerConfig
 from stackrlhf.chatllama.models import check_model_families
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 
 CONFIGS = Path(__file__).parents[2] / "recipes" / "configs" / "chatllama"
 

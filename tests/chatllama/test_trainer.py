@@ -8,9 +8,9 @@ from trl import ModelConfig
 from stackrlhf.chatllama import ChatLlamaConfig, ChatLlamaTrainer, RewardModel, load_prompts
 from stackrlhf.chatllama.buffer import pad_memories, stack_memories
 from stackrlhf.data import DataArguments, prompts_within
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import load_model, load_tokenizer
-from stackrlhf.scoring import RewardScorer
+from stackrlhf.rewards.scorers import RewardScorer
 
 PROMPTS = ["Question: Can you help me?\n\nAnswer: ", "Question: Why do cats purr when they are happy?\n\nAnswer: "]
 

@@ -1,5 +1,5 @@
 """Write `fixtures/core.json`: what TRL 0.11.4's core helpers and `PPOConfig` return, for `tests/test_core.py` and
-`tests/test_ppo_config.py` to compare `stackrlhf.core` and `stackrlhf.ppo_config` against.
+`tests/trainer/test_ppo_config.py` to compare `stackrlhf.core` and `stackrlhf.trainer.ppo_config` against.
 
 The file holds small seeded random inputs (stored explicitly, as lists, so the tests do not depend on a random
 generator) and the reference outputs computed from them: every numerical helper of `trl.core`, the KL controllers

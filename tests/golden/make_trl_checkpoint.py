@@ -1,5 +1,5 @@
 """Write value-head checkpoints with TRL 0.11.4 itself, and its forward outputs on them, for
-`tests/test_modeling_value_head.py` to check that `stackrlhf` loads 0.11.4 checkpoints exactly.
+`tests/models/test_modeling_value_head.py` to check that `stackrlhf` loads 0.11.4 checkpoints exactly.
 
 A seeded random tiny GPT-2 (vocab 100, 2 layers, width 32: about 30K parameters) is wrapped in 0.11.4's
 `AutoModelForCausalLMWithValueHead` and saved with 0.11.4's `save_pretrained`, in every layout its users have:

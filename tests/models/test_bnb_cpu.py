@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from stackrlhf import AutoModelForCausalLMWithValueHead
 from stackrlhf.models import bnb_cpu
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 
 # (out_features, in_features): fits the fused kernel; fits it in neither dimension (bitsandbytes alone asserts that
 # out_features is a multiple of 32, and its scale reshape fails when in_features is not one of the blocksize, 64).

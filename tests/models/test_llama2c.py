@@ -14,18 +14,15 @@ from trl import TrlParser
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.models import llama2c
-from stackrlhf.models.llama2c import (
+from stackrlhf.models.bundled import (
     BUNDLED_CHECKPOINT,
     BUNDLED_TOKENIZER,
     TINY_MODEL,
-    build_model,
     cache_root,
-    convert_llama2c,
-    convert_llama2c_cached,
-    read_llama2c_checkpoint,
     resolve_model_name_or_path,
     tiny_model_path,
 )
+from stackrlhf.models.llama2c import build_model, convert_llama2c, convert_llama2c_cached, read_llama2c_checkpoint
 from stackrlhf.recipes.convert_llama2c import ConvertLlama2cArguments, main, make_parser
 
 # Documented by the model's author (karpathy/llama2.c README) for greedy decoding from BOS.

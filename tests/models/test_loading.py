@@ -4,7 +4,7 @@ import torch
 from trl import ModelConfig
 
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import (
     build_peft_config,
     check_model_config,

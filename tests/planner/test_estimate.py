@@ -108,8 +108,8 @@ def test_keeping_non_quantized_weights_16_bit_halves_them_and_lowers_the_peak(qu
 
 
 def test_the_plan_uses_the_ppo_steps_own_head_chunk():
-    from stackrlhf.lean_forward import CHUNK_ELEMENTS
     from stackrlhf.planner.activations import HEAD_CHUNK_ELEMENTS
+    from stackrlhf.trainer.lean_forward import CHUNK_ELEMENTS
 
     assert HEAD_CHUNK_ELEMENTS == CHUNK_ELEMENTS
 

@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from stackrlhf.checkpointing import checkpoint_dirs, resolve_checkpoint
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.llama2c import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.recipes import ppo
 from stackrlhf.recipes.common import SUMMARY_FILE, parse_args
-from stackrlhf.reporting import STATS_FILE, read_stats
 from stackrlhf.rewards import RewardError
+from stackrlhf.trainer.checkpointing import checkpoint_dirs, resolve_checkpoint
+from stackrlhf.trainer.reporting import STATS_FILE, read_stats
 
 QUICK = [
     "--model_name_or_path", TINY_MODEL,
@@ -111,7 +111,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, reward_dirs):
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint_usable(tmp_path, reward_dirs, monkeypatch):
-    import stackrlhf.checkpointing as checkpointing
+    import stackrlhf.trainer.checkpointing as checkpointing
 
     out = tmp_path / "run"
     args = [*QUICK, "--reward_adapter", str(reward_dirs["adapter"]), "--save_steps", "1", "--save_total_limit", "1"]

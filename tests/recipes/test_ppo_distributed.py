@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stackrlhf.reporting import STATS_FILE, read_stats
+from stackrlhf.trainer.reporting import STATS_FILE, read_stats
 
 RECIPE = Path(__file__).parents[2] / "recipes" / "ppo_stackllama.py"
 QUICK = [

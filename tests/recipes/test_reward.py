@@ -4,7 +4,7 @@ import pytest
 
 from stackrlhf.recipes import reward
 from stackrlhf.recipes.common import SUMMARY_FILE, parse_args
-from stackrlhf.scoring import RewardScorer
+from stackrlhf.rewards.scorers import RewardScorer
 
 QUICK = ["--max_steps", "6", "--max_samples", "120", "--eval_samples", "24", "--max_length", "256"]
 

@@ -8,8 +8,8 @@ from transformers import AutoTokenizer
 from stackrlhf.errors import ConfigError
 from stackrlhf.recipes import sentiment
 from stackrlhf.recipes.common import parse_args
-from stackrlhf.reporting import STATS_FILE, read_stats
 from stackrlhf.rewards import VaderSentimentReward
+from stackrlhf.trainer.reporting import STATS_FILE, read_stats
 
 QUICK = [
     "--steps", "16", "--batch_size", "8", "--mini_batch_size", "4", "--ppo_epochs", "1",

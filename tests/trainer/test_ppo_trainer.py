@@ -13,7 +13,7 @@ from stackrlhf import (
     create_reference_model,
     respond_to_batch,
 )
-from stackrlhf.models.llama2c import TINY_MODEL, resolve_model_name_or_path
+from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
 
 
 @pytest.fixture

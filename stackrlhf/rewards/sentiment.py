@@ -1,7 +1,5 @@
-"""Reward functions for the PPO recipes: texts in, one float per text out, checked before PPO sees them.
+"""Sentiment rewards for the quick start: texts in, one float per text out.
 
-* `stackrlhf.scoring.AdapterRewardScorer`: the reward adapter on the policy's own base model (StackLLaMA, shared);
-* `stackrlhf.scoring.RewardScorer`: a separate sequence-classification reward model (StackLLaMA, as published);
 * `VaderSentimentReward`: VADER's compound sentiment in [-1, 1], offline (lexicon shipped in the `vaderSentiment`
   wheel); the quick start's reward;
 * `ClassifierSentimentReward`: the positive-class logit of any transformers sentiment classifier, as TRL's
@@ -10,37 +8,12 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from stackrlhf.errors import ConfigError, StackRLHFError
-
-RewardFunction = Callable[[Sequence[str]], list[float]]
-
-
-class RewardError(StackRLHFError):
-    """A reward that PPO cannot use (NaN or infinite)."""
-
-
-def check_rewards(scores: Sequence[float], texts: Sequence[str], source: str, step: int) -> list[float]:
-    """Return `scores` as floats, or raise `RewardError` naming the first non-finite one and its text.
-
-    Raised before the PPO update, so the weights, the optimizer and every saved checkpoint stay as they were.
-    """
-    scores = [float(score) for score in scores]
-    if len(scores) != len(texts):
-        raise RewardError(f"{source} returned {len(scores)} rewards for {len(texts)} texts at step {step}.")
-    for index, (score, text) in enumerate(zip(scores, texts, strict=True)):
-        if not math.isfinite(score):
-            preview = " ".join(text.split())[:80]
-            raise RewardError(
-                f"{source} returned {score} for sample {index} of step {step} ({preview!r}); stopped before the "
-                "update, checkpoints are intact. Check the reward model's weights and dtype."
-            )
-    return scores
+from stackrlhf.errors import ConfigError
 
 
 class VaderSentimentReward:

@@ -1,8 +1,8 @@
 """TRL 0.11.4's `PreTrainedModelWrapper` and `create_reference_model`, on transformers 5 and peft 0.21.
 
 The wrapper holds a transformers model (or a peft model around one) and adds what the value-head classes of
-`stackrlhf.modeling_value_head` share: loading from a Hub name, a local directory, `TINY_MODEL` or a loaded model,
-with 0.11.4's keyword arguments (`load_in_8bit`, `peft_config`, `reward_adapter`, ...); saving in 0.11.4's file
+`stackrlhf.models.modeling_value_head` share: loading from a Hub name, a local directory, `TINY_MODEL` or a loaded
+model, with 0.11.4's keyword arguments (`load_in_8bit`, `peft_config`, `reward_adapter`, ...); saving in 0.11.4's file
 layout, so that checkpoints move freely between TRL 0.11.4 and stackrlhf; and the multi-adapter API that scores
 texts with a reward LoRA adapter loaded next to the policy's.
 
@@ -47,7 +47,7 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.models import bnb_cpu
-from stackrlhf.models.llama2c import resolve_model_name_or_path
+from stackrlhf.models.bundled import resolve_model_name_or_path
 
 logger = logging.getLogger(__name__)
 

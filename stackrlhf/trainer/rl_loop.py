@@ -7,7 +7,7 @@ Each PPO step, on every process:
    `LengthSampler`;
 3. score `query + response` with the reward function, check every reward is finite, subtract `reward_baseline`;
 4. `PPOTrainer.step(queries, responses, rewards)`, then `log_stats` (trackers) and one line of `stats.jsonl`;
-5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.checkpointing`).
+5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.trainer.checkpointing`).
 
 At the end the policy (adapter + value head) and tokenizer are saved in `output_dir`, with plots, sample generations
 before and after training, `stackrlhf_summary.json` and a printed table.
@@ -29,18 +29,19 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from stackrlhf.checkpointing import (
+from stackrlhf.core import LengthSampler
+from stackrlhf.errors import ConfigError
+from stackrlhf.recipes.common import write_summary
+from stackrlhf.rewards.contract import RewardFunction, check_rewards
+from stackrlhf.trainer.checkpointing import (
     load_ppo_checkpoint,
     resolve_checkpoint,
     rng_state,
     save_ppo_checkpoint,
     set_rng_state,
 )
-from stackrlhf.core import LengthSampler
-from stackrlhf.errors import ConfigError
-from stackrlhf.ppo_trainer import PPOTrainer
-from stackrlhf.recipes.common import write_summary
-from stackrlhf.reporting import (
+from stackrlhf.trainer.ppo_trainer import PPOTrainer
+from stackrlhf.trainer.reporting import (
     STATS_FILE,
     StatsLog,
     format_bytes,
@@ -50,7 +51,6 @@ from stackrlhf.reporting import (
     role_bytes,
     summarize,
 )
-from stackrlhf.rewards import RewardFunction, check_rewards
 
 logger = logging.getLogger(__name__)
 

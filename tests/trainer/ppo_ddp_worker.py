@@ -1,4 +1,4 @@
-"""Worker for tests/test_ppo_distributed.py: two PPO steps of the tiny model under `torchrun` (gloo on CPU).
+"""Worker for tests/trainer/test_ppo_distributed.py: two PPO steps of the tiny model under `torchrun` (gloo on CPU).
 
 Each rank writes its final statistics and value-head weights to `<output_dir>/rank<N>.json`.
 """
@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
-from stackrlhf.models.llama2c import TINY_MODEL, resolve_model_name_or_path
+from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
 
 
 def main(output_dir: Path) -> None:

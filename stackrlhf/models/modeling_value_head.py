@@ -4,7 +4,7 @@ estimates the value of every token, the policy and critic of PPO.
 `AutoModelForCausalLMWithValueHead` and `AutoModelForSeq2SeqLMWithValueHead` keep 0.11.4's public behaviour:
 `from_pretrained` (names, directories, loaded models, peft adapters, 8-bit / 4-bit bases), `forward` returning
 `(lm_logits, loss, value)`, `generate`, `state_dict`, `save_pretrained` / `push_to_hub` in 0.11.4's checkpoint layout
-(see `stackrlhf.modeling_base`), `post_init`, and the reward-adapter API (`compute_reward_score`).
+(see `stackrlhf.models.modeling_base`), `post_init`, and the reward-adapter API (`compute_reward_score`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from stackrlhf.modeling_base import PreTrainedModelWrapper, create_reference_model
+from stackrlhf.models.modeling_base import PreTrainedModelWrapper, create_reference_model
 
 __all__ = [
     "AutoModelForCausalLMWithValueHead",

@@ -22,20 +22,20 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-import stackrlhf.modeling_base as modeling_base
+import stackrlhf.models.modeling_base as modeling_base
 from stackrlhf.errors import ConfigError
-from stackrlhf.modeling_value_head import (
+from stackrlhf.models.bundled import TINY_MODEL
+from stackrlhf.models.modeling_value_head import (
     AutoModelForCausalLMWithValueHead,
     AutoModelForSeq2SeqLMWithValueHead,
     ValueHead,
     create_reference_model,
 )
-from stackrlhf.models.llama2c import TINY_MODEL
 from stackrlhf.recipes import reward
 from stackrlhf.recipes.common import parse_args
-from stackrlhf.scoring import RewardScorer
+from stackrlhf.rewards.scorers import RewardScorer
 
-FIXTURES = Path(__file__).parent / "golden" / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "golden" / "fixtures"
 GOLDEN = json.loads((FIXTURES / "trl_checkpoint_outputs.json").read_text())
 INPUT_IDS = torch.tensor(GOLDEN["input_ids"])
 ATTENTION_MASK = torch.tensor(GOLDEN["attention_mask"])

@@ -7,8 +7,8 @@ from transformers import AutoTokenizer
 
 from stackrlhf import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from stackrlhf.core import entropy_from_logits, logprobs_from_logits
-from stackrlhf.lean_forward import token_logprobs_and_entropy
-from stackrlhf.models.llama2c import TINY_MODEL, resolve_model_name_or_path
+from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
+from stackrlhf.trainer.lean_forward import token_logprobs_and_entropy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

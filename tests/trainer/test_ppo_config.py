@@ -1,4 +1,4 @@
-"""`stackrlhf.ppo_config.PPOConfig`: TRL 0.11.4's fields, defaults and derived values (from
+"""`stackrlhf.trainer.ppo_config.PPOConfig`: TRL 0.11.4's fields, defaults and derived values (from
 `golden/fixtures/core.json`), plus this project's changes: the unset `mini_batch_size` that adapts to small batches,
 working deprecated aliases, one-line `ConfigError`s, and command-line parsing."""
 
@@ -13,11 +13,11 @@ import pytest
 from transformers import HfArgumentParser
 from trl import ModelConfig, TrlParser
 
-from stackrlhf import ppo_config
+from stackrlhf.trainer import ppo_config
 from stackrlhf.errors import ConfigError
-from stackrlhf.ppo_config import DEFAULT_MINI_BATCH_SIZE, KL_PENALTIES, PPOConfig
+from stackrlhf.trainer.ppo_config import DEFAULT_MINI_BATCH_SIZE, KL_PENALTIES, PPOConfig
 
-REFERENCE = json.loads((Path(__file__).parent / "golden" / "fixtures" / "core.json").read_text())["ppo_config"]
+REFERENCE = json.loads((Path(__file__).parents[1] / "golden" / "fixtures" / "core.json").read_text())["ppo_config"]
 INEXACT = "`batch_size` must be a multiple of `mini_batch_size * gradient_accumulation_steps`, inexact division: "
 
 

@@ -65,13 +65,13 @@ from stackrlhf.core import (
     stack_dicts,
     stats_to_np,
 )
-from stackrlhf.lean_forward import checkpointed_eval_forward, token_logprobs_and_entropy
-from stackrlhf.modeling_value_head import (
+from stackrlhf.models.modeling_value_head import (
     AutoModelForCausalLMWithValueHead,
     AutoModelForSeq2SeqLMWithValueHead,
     create_reference_model,
 )
-from stackrlhf.ppo_config import PPOConfig
+from stackrlhf.trainer.lean_forward import checkpointed_eval_forward, token_logprobs_and_entropy
+from stackrlhf.trainer.ppo_config import PPOConfig
 
 SUPPORTED_ARCHITECTURES = (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead)
 WANDB_PADDING = -1  # fills NaN advantages in the per-token stats so wandb histograms accept them, as 0.11.4 did
@@ -628,7 +628,7 @@ class PPOTrainer:
         return_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """Forward passes in chunks of `mini_batch_size`, in eval mode (as 0.11.4: no dropout, even when training;
-        activation checkpointing still runs where enabled, see `stackrlhf.lean_forward`).
+        activation checkpointing still runs where enabled, see `stackrlhf.trainer.lean_forward`).
 
         Unless `return_logits`, a causal LM's head is applied a few tokens at a time (`token_logprobs_and_entropy`):
         no `(batch, len, vocab)` logits or log-softmax exist at once, with or without gradients.

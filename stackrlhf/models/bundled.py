@@ -1,0 +1,38 @@
+"""The bundled tiny model by name: `TINY_MODEL` selects stories260K (Karpathy's tinyllamas, MIT) wherever a
+`model_name_or_path` is accepted, and the cache directory its conversion (and the offline stages) live in.
+
+This module imports nothing heavy: the planner reads `TINY_MODEL` without torch. The converter
+(`stackrlhf.models.llama2c`) is imported only when the model is first needed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TINY_MODEL = "stackrlhf/stories260K"
+"""The name that selects the bundled stories260K model wherever a `model_name_or_path` is accepted."""
+
+BUNDLED_DIR = Path(__file__).parent / "bundled" / "stories260K"
+BUNDLED_CHECKPOINT = BUNDLED_DIR / "stories260K.bin"
+BUNDLED_TOKENIZER = BUNDLED_DIR / "tok512.bin"
+
+
+def tiny_model_path() -> Path:
+    """Directory of the bundled stories260K model converted to transformers (built on first use, then cached)."""
+    from stackrlhf.models.llama2c import convert_llama2c_cached
+
+    return convert_llama2c_cached(BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER)
+
+
+def resolve_model_name_or_path(name: str) -> str:
+    """Map `TINY_MODEL` to the converted bundled model's directory; return any other name unchanged."""
+    return str(tiny_model_path()) if name == TINY_MODEL else name
+
+
+def cache_root() -> Path:
+    """stackrlhf's cache directory: `$STACKRLHF_CACHE`, else `$XDG_CACHE_HOME/stackrlhf`, else ~/.cache/stackrlhf."""
+    if os.environ.get("STACKRLHF_CACHE"):
+        return Path(os.environ["STACKRLHF_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "stackrlhf"
