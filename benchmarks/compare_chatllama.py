@@ -81,8 +81,8 @@ def prepare_checkpoints(args: BenchmarkArguments, work_dir: Path) -> tuple[str, 
         stages = offline_stages()
         return str(stages.sft_merged), str(stages.reward_adapter)
     from stackrlhf.recipes import reward, sft
-    from stackrlhf.recipes.common import parse_args
     from stackrlhf.recipes.merge import MergeArguments, merge_adapter
+    from stackrlhf.recipes.runner import parse_args
 
     quick = [
         "--max_steps",

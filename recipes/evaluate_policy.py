@@ -5,7 +5,7 @@
 Same as `stackrlhf evaluate`; `--help` explains every option."""
 
 from stackrlhf.recipes import evaluate
-from stackrlhf.recipes.common import run_recipe
+from stackrlhf.recipes.runner import run_recipe
 
 if __name__ == "__main__":
     raise SystemExit(run_recipe(evaluate.make_parser(prog="evaluate_policy.py"), evaluate.main))

@@ -6,7 +6,7 @@
 Same as `stackrlhf sentiment`; `--help` explains every option."""
 
 from stackrlhf.recipes import sentiment
-from stackrlhf.recipes.common import run_recipe
+from stackrlhf.recipes.runner import run_recipe
 
 if __name__ == "__main__":
     raise SystemExit(run_recipe(sentiment.make_parser(prog="ppo_sentiment.py"), sentiment.main))

@@ -6,7 +6,7 @@
 Same as `stackrlhf ppo`; `--help` explains every option."""
 
 from stackrlhf.recipes import ppo
-from stackrlhf.recipes.common import run_recipe
+from stackrlhf.recipes.runner import run_recipe
 
 if __name__ == "__main__":
     raise SystemExit(run_recipe(ppo.make_parser(prog="ppo_stackllama.py"), ppo.main))

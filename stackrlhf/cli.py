@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # prints help or a usage error for an unknown command, and exits
         parser.print_help()  # reached with no arguments at all
         return 0
-    from stackrlhf.recipes.common import run_recipe
+    from stackrlhf.recipes.runner import run_recipe
 
     return run_recipe(recipe_parsers[argv[0]], RECIPES[argv[0]].main, argv[1:])
 

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from stackrlhf.configs import read_config
 from stackrlhf.errors import ConfigError
 
 Mode = Literal["faithful", "fixed"]
@@ -229,13 +228,12 @@ class ChatLlamaConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ChatLlamaConfig:
-        """Read a chatllama-style YAML file (sections as in `from_dict`)."""
+        """Read a chatllama-style YAML file (sections as in `from_dict`), by path or by shipped short name
+        (`tiny/chatllama`, `opt-1.3b/chatllama`)."""
         try:
-            sections = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read it as YAML ({str(err).splitlines()[0]}).") from err
-        if not isinstance(sections, dict):
-            raise ConfigError(f"{path}: expected sections trainer_config, actor_config, critic_config, reward_config.")
+            sections = read_config(path)
+        except ConfigError as err:
+            raise ConfigError(f"chatllama {err}") from err
         return cls.from_dict(sections)
 
 

@@ -29,9 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from stackrlhf.errors import ConfigError, one_line
+from stackrlhf.configs import read_config, resolve_config
+from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.settings import PlanSettings
 
@@ -193,23 +192,13 @@ class RecipeRun:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a recipe YAML (an `env` section, which sets environment variables, dropped).
+    """The top-level mapping of a recipe YAML, by path or shipped short name (an `env` section, which sets
+    environment variables, dropped).
 
     Raises:
         ConfigError: a missing or unreadable file, invalid YAML, or a document that is not a mapping.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError as err:
-        raise ConfigError(f"config file {str(path)!r} does not exist.") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {str(path)!r} cannot be read: {one_line(err)}") from err
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {one_line(err)}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value, not {_kind(values)}.")
+    values = read_config(path)
     values.pop("env", None)
     return {str(key): value for key, value in values.items()}
 
@@ -220,7 +209,7 @@ def detect_recipe(values: Mapping[str, Any], stage: str | None = None, path: str
     `stage` (the planner's `--stage`) decides sft and reward; ppo means the sentiment recipe when the config has
     one of its prompt options, else the StackLLaMA PPO recipe. Without `stage`: PPO or RL-loop options mean ppo
     (or sentiment), `SFTConfig`-only options sft, `RewardConfig`-only options or `lora_task_type: SEQ_CLS` reward,
-    and a config with only trainer options goes by its file name (`sft_*`, `reward_*`).
+    and a config with only trainer options goes by its folder (`<model>/sft/config_*.yaml`) or file name (`sft_*`).
 
     Raises:
         ConfigError: a config that could be either, or none, of the recipes: pass `--stage`.
@@ -239,10 +228,11 @@ def detect_recipe(values: Mapping[str, Any], stage: str | None = None, path: str
         return "reward"
     if keys & _SFT_KEYS:
         return "sft"
-    name = Path(path).name.lower() if path is not None else ""
-    for recipe in ("sft", "reward", "sentiment", "ppo"):
-        if name.startswith(recipe):
-            return recipe
+    names = (Path(path).parent.name.lower(), Path(path).name.lower()) if path is not None else ()
+    for name in names:
+        for recipe in ("sft", "reward", "sentiment", "ppo"):
+            if name.startswith(recipe):
+                return recipe
     what = "trainer options" if keys & _TRAINER_KEYS else "no recipe-specific option"
     raise ConfigError(
         f"config {str(path or '')!r} has {what}: cannot tell which recipe it is for; pass --stage sft, reward or ppo."
@@ -256,6 +246,7 @@ def read_recipe_config(path: str | Path, stage: str | None = None) -> RecipeRun:
         ConfigError: an unreadable config, a value of the wrong type, contradictory options (as the recipe would
             reject them), or a model whose config cannot be read when a length depends on its context.
     """
+    path = resolve_config(path)
     values = load_config_file(path)
     recipe = detect_recipe(values, stage, path)
     return map_options(recipe, values, source=str(path))

@@ -20,7 +20,7 @@ from trl import TrlParser
 
 from stackrlhf.models.bundled import BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER
 from stackrlhf.models.llama2c import convert_llama2c, convert_llama2c_cached
-from stackrlhf.recipes.common import add_parser, run_recipe
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
 
 SAMPLE_TOKENS = 40
 """New tokens in the greedy sample printed after a conversion."""
@@ -85,12 +85,11 @@ def _greedy_sample(model_dir: Path) -> str:
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:
     """The recipe's parser (`ConvertLlama2cArguments`), standalone or as `stackrlhf convert-llama2c`."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "convert-llama2c",
         "Convert a llama2.c checkpoint and tokenizer (default: the bundled stories260K) to a transformers model.",
         (ConvertLlama2cArguments,),
-        {},
         prog=prog,
     )
 

@@ -26,9 +26,10 @@ from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import load_tokenizer, read_adapter
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
-from stackrlhf.recipes.common import SUMMARY_FILE, RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.rewards.contract import check_rewards
 from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
+from stackrlhf.trainer.reporting import SUMMARY_FILE
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -151,11 +152,8 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
     return report
 
 
-def main(eval_args: EvaluateArguments, data_args: DataArguments, run_args: RunArguments) -> dict[str, Any] | None:
+def main(eval_args: EvaluateArguments, data_args: DataArguments) -> dict[str, Any]:
     """Entry point of `recipes/evaluate_policy.py` and `stackrlhf evaluate`."""
-    if run_args.dry_run:
-        print(dump_config(eval_args, data_args))
-        return None
     report = evaluate_policy(eval_args, data_args)
     print(
         f"{report['num_prompts']} held-out prompts: mean reward policy {report['policy_mean_reward']:.4f}, reference "
@@ -167,13 +165,12 @@ def main(eval_args: EvaluateArguments, data_args: DataArguments, run_args: RunAr
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser: what to evaluate, the data of the held-out prompts, run options."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "evaluate",
         "Score a PPO policy and its reference (adapter disabled) on held-out prompts with the reward model: mean "
         "rewards and the policy's win rate, saved as JSON.",
-        (EvaluateArguments, DataArguments, RunArguments),
-        {"eval_samples": 200},
+        (EvaluateArguments, DataArguments),
         prog=prog,
     )
 

@@ -20,7 +20,7 @@ from trl import ModelConfig
 from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
-from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
 
 
 @dataclass
@@ -81,11 +81,8 @@ def merge_adapter(args: MergeArguments) -> Path:
     return write_atomically(output_dir.parent, output_dir.name, write)
 
 
-def main(merge_args: MergeArguments, run_args: RunArguments) -> Path | None:
+def main(merge_args: MergeArguments) -> Path:
     """Entry point of `recipes/merge_peft_adapter.py` and `stackrlhf merge`."""
-    if run_args.dry_run:
-        print(dump_config(merge_args))
-        return None
     output_dir = merge_adapter(merge_args)
     print(f"merged {merge_args.adapter_path} into its base: {output_dir}")
     return output_dir
@@ -93,12 +90,11 @@ def main(merge_args: MergeArguments, run_args: RunArguments) -> Path | None:
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser (`MergeArguments` and run options)."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "merge",
         "Merge a LoRA adapter into its base model and save a standalone safetensors model.",
-        (MergeArguments, RunArguments),
-        {},
+        (MergeArguments,),
         prog=prog,
     )
 

@@ -38,7 +38,7 @@ from stackrlhf.models.loading import (
 )
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
 from stackrlhf.trainer.ppo_config import PPOConfig
@@ -52,29 +52,6 @@ REWARD_MODEL_HELP = (
     "A separate sequence-classification reward model (path or Hub name) instead of --reward_adapter, as StackLLaMA "
     "scored (default: none)."
 )
-
-OFFLINE_DEFAULTS = {
-    # PPOConfig: StackLLaMA's loop at a size that finishes in about a minute on two CPU cores
-    "steps": 40 * 16,
-    "batch_size": 16,
-    "mini_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "ppo_epochs": 4,
-    "learning_rate": 5e-4,
-    "init_kl_coef": 0.05,
-    "adap_kl_ctrl": True,
-    "reward_model": None,
-    "output_min_length": 16,
-    "output_max_length": 48,
-    "max_prompt_length": 64,
-    # ModelConfig: the policy adapter
-    "use_peft": True,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lora_target_modules": ["all-linear"],
-    "eval_samples": 50,
-}
 
 
 @dataclass
@@ -244,12 +221,8 @@ def main(
     model_args: ModelConfig,
     base_args: SharedBaseArguments,
     loop_args: RLLoopArguments,
-    run_args: RunArguments,
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """Entry point of `recipes/ppo_stackllama.py` and `stackrlhf ppo`."""
-    if run_args.dry_run:
-        print(dump_config(data_args, model_args, base_args, loop_args, ppo_config))
-        return None
     report_memory_plan("ppo", ppo_config, model_args, base_args, loop_args)  # on a CUDA machine: will it fit?
     result = train_ppo(data_args, ppo_config, model_args, base_args, loop_args)
     if result:
@@ -259,13 +232,12 @@ def main(
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser: data, `PPOConfig`, TRL `ModelConfig`, reward and loop options, with offline defaults."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "ppo",
         "PPO (StackLLaMA stage 3) on one shared base: LoRA policy + value head, reference = adapter off, reward = a "
         "second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
-        (DataArguments, PPOConfig, ModelConfig, SharedBaseArguments, RLLoopArguments, RunArguments),
-        OFFLINE_DEFAULTS,
+        (DataArguments, PPOConfig, ModelConfig, SharedBaseArguments, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},
     )

@@ -19,41 +19,11 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from stackrlhf.data import DataArguments, to_reward_dataset
 from stackrlhf.metrics import PAIRWISE_ACCURACY
-from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.recipes.common import (
-    RunArguments,
-    add_parser,
-    dump_config,
-    prefer_reentrant_checkpointing,
-    prepare_training,
-    run_recipe,
-    write_summary,
-)
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
+from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.rewards.scorers import RewardScorer
-
-OFFLINE_DEFAULTS = {
-    "model_name_or_path": TINY_MODEL,
-    "use_peft": True,
-    "lora_task_type": "SEQ_CLS",
-    "lora_r": 8,
-    "lora_alpha": 32,
-    "lora_dropout": 0.1,
-    "lora_target_modules": ["all-linear"],
-    "output_dir": "outputs/reward",
-    "max_steps": 100,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "learning_rate": 1e-3,
-    "lr_scheduler_type": "linear",
-    "weight_decay": 0.001,
-    "max_length": 256,
-    "gradient_checkpointing": False,
-    "bf16": False,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
-}
+from stackrlhf.trainer.reporting import write_summary
 
 
 def evaluate_pairwise_accuracy(scorer: RewardScorer, chosen: list[str], rejected: list[str]) -> dict:
@@ -105,13 +75,8 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
     return summary
 
 
-def main(
-    data_args: DataArguments, training_args: RewardConfig, model_args: ModelConfig, run_args: RunArguments
-) -> dict | None:
+def main(data_args: DataArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
     """Entry point of `recipes/reward_stackllama.py` and `stackrlhf reward`."""
-    if run_args.dry_run:
-        print(dump_config(data_args, model_args, training_args))
-        return None
     report_memory_plan("reward", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_reward_model(data_args, training_args, model_args)
     print(
@@ -124,12 +89,11 @@ def main(
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser: data, TRL `RewardConfig`, TRL `ModelConfig` and run options, with offline defaults."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "reward",
         "Reward modelling (StackLLaMA stage 2) with TRL's RewardTrainer, LoRA and 8/4-bit loading.",
-        (DataArguments, RewardConfig, ModelConfig, RunArguments),
-        OFFLINE_DEFAULTS,
+        (DataArguments, RewardConfig, ModelConfig),
         prog=prog,
     )
 

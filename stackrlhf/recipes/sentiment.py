@@ -27,11 +27,10 @@ from trl import ModelConfig
 
 from stackrlhf.core import set_seed
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import check_model_config, load_tokenizer
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.recipes.common import RunArguments, add_parser, dump_config, run_recipe
 from stackrlhf.recipes.ppo import load_policy
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.rewards.sentiment import ClassifierSentimentReward, VaderSentimentReward
 from stackrlhf.trainer.ppo_config import PPOConfig
 from stackrlhf.trainer.ppo_trainer import PPOTrainer
@@ -41,27 +40,6 @@ REWARD_MODEL_HELP = (
     "A transformers sentiment classifier whose positive-class logit is the reward, e.g. lvwerra/distilbert-imdb "
     "(default: none, VADER's compound sentiment)."
 )
-
-OFFLINE_DEFAULTS = {
-    "model_name_or_path": TINY_MODEL,
-    "use_peft": True,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "lora_target_modules": ["all-linear"],
-    "steps": 40 * 32,
-    "batch_size": 32,
-    "mini_batch_size": 8,
-    "ppo_epochs": 4,
-    "learning_rate": 1e-3,
-    "init_kl_coef": 0.05,
-    "reward_model": None,
-    "output_dir": "outputs/ppo-sentiment",
-    "output_min_length": 8,
-    "output_max_length": 24,
-    "num_sample_prompts": 6,
-    "sample_max_new_tokens": 24,
-}
 
 
 @dataclass
@@ -215,25 +193,20 @@ def main(
     ppo_config: PPOConfig,
     model_args: ModelConfig,
     loop_args: RLLoopArguments,
-    run_args: RunArguments,
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """Entry point of `recipes/ppo_sentiment.py` and `stackrlhf sentiment`."""
-    if run_args.dry_run:
-        print(dump_config(sentiment_args, model_args, loop_args, ppo_config))
-        return None
     report_memory_plan("sentiment", sentiment_args, ppo_config, model_args, loop_args)  # on CUDA: will it fit?
     return train_sentiment(sentiment_args, ppo_config, model_args, loop_args)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser: prompts, `PPOConfig`, TRL `ModelConfig` and loop options, with offline defaults."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "sentiment",
         "Quick start: PPO makes a small LM write positive text (TRL's gpt2-sentiment example). Offline by default: "
         "stories260K continues story openings, VADER scores the sentiment; --reward_model takes a classifier.",
-        (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments, RunArguments),
-        OFFLINE_DEFAULTS,
+        (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},
     )

@@ -17,42 +17,10 @@ import math
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
-from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.verdict import report_memory_plan
-from stackrlhf.recipes.common import (
-    RunArguments,
-    add_parser,
-    dump_config,
-    prefer_reentrant_checkpointing,
-    prepare_training,
-    run_recipe,
-    write_summary,
-)
-
-OFFLINE_DEFAULTS = {
-    "model_name_or_path": TINY_MODEL,
-    "use_peft": True,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.05,
-    "lora_target_modules": ["all-linear"],
-    "output_dir": "outputs/sft",
-    "max_steps": 120,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "learning_rate": 2e-3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 10,
-    "weight_decay": 0.05,
-    "max_length": 256,
-    "packing": True,
-    "packing_strategy": "wrapped",
-    "gradient_checkpointing": False,
-    "bf16": False,
-    "logging_steps": 10,
-    "save_strategy": "no",
-    "report_to": "none",
-}
+from stackrlhf.recipes.runner import recipe_parser, run_recipe
+from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.trainer.reporting import write_summary
 
 
 def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
@@ -103,13 +71,8 @@ def _sample_answer(trainer: SFTTrainer, query: str, max_new_tokens: int = 48) ->
     return {"query": query, "answer": answer}
 
 
-def main(
-    data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig, run_args: RunArguments
-) -> dict | None:
-    """Entry point of `recipes/sft_stackllama.py` and `stackrlhf sft`: train, or print the config on `--dry_run`."""
-    if run_args.dry_run:
-        print(dump_config(data_args, model_args, training_args))
-        return None
+def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
+    """Entry point of `recipes/sft_stackllama.py` and `stackrlhf sft`."""
     report_memory_plan("sft", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_sft(data_args, training_args, model_args)
     print(
@@ -122,12 +85,11 @@ def main(
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None):
     """The recipe's parser: data, TRL `SFTConfig`, TRL `ModelConfig` and run options, with offline defaults."""
-    return add_parser(
+    return recipe_parser(
         subparsers,
         "sft",
         "Supervised fine-tuning (StackLLaMA stage 1) with TRL's SFTTrainer, LoRA and 8/4-bit loading.",
-        (DataArguments, SFTConfig, ModelConfig, RunArguments),
-        OFFLINE_DEFAULTS,
+        (DataArguments, SFTConfig, ModelConfig),
         prog=prog,
     )
 

@@ -1,4 +1,5 @@
-"""What a PPO run leaves to read: `stats.jsonl`, PNG plots, the end-of-run table, and memory per role.
+"""What a run leaves to read: `stats.jsonl`, PNG plots, the end-of-run table, memory per role, and every stage's
+`stackrlhf_summary.json`.
 
 `stats.jsonl` has one JSON object per PPO step: the step number, the mean and spread of the rewards, the scalar
 statistics of `PPOTrainer.step` under TRL's names (`objective/kl`, `ppo/loss/value`, ...) and the step's seconds.
@@ -19,6 +20,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
+SUMMARY_FILE = "stackrlhf_summary.json"
 PLOTTED = {
     "reward_mean": "mean reward",
     "objective/kl": "KL to the reference (nats)",
@@ -171,3 +173,8 @@ def format_bytes(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.2f} {unit}"
     return f"{size} B"
+
+
+def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
+    """Write a stage's summary (base model, data sizes, metrics) as `stackrlhf_summary.json` beside its outputs."""
+    Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

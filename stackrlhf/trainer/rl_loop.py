@@ -31,7 +31,6 @@ from transformers import PreTrainedTokenizerBase
 
 from stackrlhf.core import LengthSampler
 from stackrlhf.errors import ConfigError
-from stackrlhf.recipes.common import write_summary
 from stackrlhf.rewards.contract import RewardFunction, check_rewards
 from stackrlhf.trainer.checkpointing import (
     load_ppo_checkpoint,
@@ -50,6 +49,7 @@ from stackrlhf.trainer.reporting import (
     read_stats,
     role_bytes,
     summarize,
+    write_summary,
 )
 
 logger = logging.getLogger(__name__)

@@ -10,11 +10,9 @@ from stackrlhf.chatllama.models import check_model_families
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import TINY_MODEL
 
-CONFIGS = Path(__file__).parents[2] / "recipes" / "configs" / "chatllama"
-
 
 def tiny_config(**trainer) -> ChatLlamaConfig:
-    config = ChatLlamaConfig.from_yaml(CONFIGS / "tiny.yaml")
+    config = ChatLlamaConfig.from_yaml("tiny/chatllama")
     return ChatLlamaConfig.from_dict(
         {
             "trainer_config": {**vars(config.trainer), **trainer},
@@ -26,7 +24,7 @@ def tiny_config(**trainer) -> ChatLlamaConfig:
 
 
 def test_opt_config_holds_chatllamas_published_defaults():
-    config = ChatLlamaConfig.from_yaml(CONFIGS / "opt1.3b.yaml")
+    config = ChatLlamaConfig.from_yaml("opt-1.3b/chatllama")
     assert vars(config.trainer) == vars(TrainerConfig())
     assert (config.trainer.actor_lr, config.trainer.critic_lr, config.trainer.beta_s) == (5e-6, 9e-6, 0.02)
     assert (config.trainer.update_timesteps, config.trainer.batch_size, config.trainer.mode) == (32, 1, "faithful")
@@ -37,7 +35,7 @@ def test_opt_config_holds_chatllamas_published_defaults():
 
 
 def test_tiny_config_critic_defaults_to_the_reward_checkpoint():
-    config = ChatLlamaConfig.from_yaml(CONFIGS / "tiny.yaml")
+    config = ChatLlamaConfig.from_yaml("tiny/chatllama")
     assert config.critic.model is None and config.critic_model == config.reward.model == TINY_MODEL
     assert config.context_length == 512
 
@@ -79,7 +77,7 @@ def test_section_errors_name_the_field(sections, message):
 def test_bad_yaml_is_one_config_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("trainer_config: [1, 2\n")
-    with pytest.raises(ConfigError, match="cannot read it as YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         ChatLlamaConfig.from_yaml(path)
 
 

@@ -24,6 +24,7 @@ from stackrlhf.models.bundled import (
 )
 from stackrlhf.models.llama2c import build_model, convert_llama2c, convert_llama2c_cached, read_llama2c_checkpoint
 from stackrlhf.recipes.convert_llama2c import ConvertLlama2cArguments, main, make_parser
+from stackrlhf.recipes.runner import parse_args
 
 # Documented by the model's author (karpathy/llama2.c README) for greedy decoding from BOS.
 KNOWN_STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park."
@@ -281,9 +282,9 @@ def test_recipe_converts_and_the_result_loads(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_recipe_parser_standalone_and_as_subcommand() -> None:
-    (args,) = make_parser().parse_args_and_config(["--checkpoint", "m.bin", "--output_dir", "out"])
+    (args,) = parse_args(make_parser(), ["--checkpoint", "m.bin", "--output_dir", "out"])
     assert args == ConvertLlama2cArguments(checkpoint="m.bin", tokenizer=None, output_dir="out")
     subparsers = argparse.ArgumentParser(prog="stackrlhf").add_subparsers(dest="command", parser_class=TrlParser)
     parser = make_parser(subparsers)
     assert subparsers.choices["convert-llama2c"] is parser
-    assert parser.parse_args_and_config([]) == (ConvertLlama2cArguments(),)
+    assert parse_args(parser, []) == (ConvertLlama2cArguments(),)

@@ -32,7 +32,7 @@ from stackrlhf.models.modeling_value_head import (
     create_reference_model,
 )
 from stackrlhf.recipes import reward
-from stackrlhf.recipes.common import parse_args
+from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards.scorers import RewardScorer
 
 FIXTURES = Path(__file__).parents[1] / "golden" / "fixtures"

@@ -4,17 +4,17 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from stackrlhf.configs import shipped_configs
 from stackrlhf.planner.cli import run
 from stackrlhf.planner.configs import bundled_models
 from stackrlhf.planner.recipe_config import RECIPE_DEFAULTS, detect_recipe, read_recipe_config, settings_from_arguments
 
-CONFIGS = Path(__file__).parents[2] / "recipes" / "configs"
-SHIPPED = sorted(CONFIGS.glob("*.yaml"))  # not accelerate/ or chatllama/
+SHIPPED = sorted(path for name, path in shipped_configs().items() if not name.startswith(("accelerate/", "tiny/"))
+                 and "chatllama" not in name)  # fmt: skip
 MERGED_SFT = "outputs/llama-se-merged"  # what the PPO and reward configs train on: Llama-2-7B after SFT and merge
 
 
@@ -36,7 +36,7 @@ def _recipe_module(recipe):
 
 def _parsed_arguments(recipe, argv):
     """The recipe's own parse of `argv` (a GPU-less machine rejects bf16 at parse time, so it is turned off)."""
-    from stackrlhf.recipes.common import parse_args
+    from stackrlhf.recipes.runner import parse_args
 
     cpu = ["--bf16", "false"] if recipe in ("sft", "reward") else []
     return parse_args(_recipe_module(recipe).make_parser(), [*argv, *cpu])
@@ -48,12 +48,9 @@ def _plan_json(capsys, argv):
 
 
 def test_the_shipped_configs_are_the_four_recipes():
-    assert [detect_recipe(yaml.safe_load(path.read_text()), path=path) for path in SHIPPED] == [
-        "ppo",
-        "reward",
-        "sentiment",
-        "sft",
-    ]
+    recipes = [detect_recipe(yaml.safe_load(path.read_text()), path=path) for path in SHIPPED]
+    assert sorted(recipes) == ["ppo", "reward", "sentiment", "sft"]
+    assert all(path.parent.name == recipe for path, recipe in zip(SHIPPED, recipes, strict=True))
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPE_DEFAULTS))
@@ -129,7 +126,7 @@ def test_unset_lengths_take_the_model_context(tmp_path):
 
 
 def test_flags_override_the_config(capsys):
-    config = str(CONFIGS / "sentiment_gpt_neox_20b.yaml")
+    config = "gpt-neox-20b/sentiment"
     argv = ["--config", config, "--mini_batch_size", "4", "--quantization", "4bit", "--gpu_memory_gb", "16"]
     result = _plan_json(capsys, argv)
     settings = result["settings"]
@@ -139,7 +136,7 @@ def test_flags_override_the_config(capsys):
 
 
 def test_a_flag_equal_to_its_default_still_overrides(capsys):
-    config = str(CONFIGS / "reward_llama2_7b.yaml")  # bf16 weights; 8bit is the planner's default
+    config = "llama-2-7b/reward"  # bf16 weights; 8bit is the planner's default
     argv = ["--config", config, "--model", "meta-llama/Llama-2-7b-hf", "--quantization", "8bit"]
     result = _plan_json(capsys, argv)
     assert result["settings"]["quantization"] == "8bit"
@@ -157,7 +154,7 @@ def test_stage_flag_picks_the_recipe(tmp_path, capsys):
 
 
 def test_table_says_which_values_it_used_and_what_it_cannot_plan(capsys):
-    assert run(["--config", str(CONFIGS / "sentiment_gpt_neox_20b.yaml")]) == 0
+    assert run(["--config", "gpt-neox-20b/sentiment"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("config ") and "(sentiment recipe, stage ppo)" in out
     assert "values used: model_name_or_path=EleutherAI/gpt-neox-20b, load_in_8bit=true" in out
@@ -175,7 +172,7 @@ def test_table_says_which_values_it_used_and_what_it_cannot_plan(capsys):
         ("model_name_or_path: gpt2\nbatch_size: 8\nmini_batch_size: 3\n", "must be a multiple of mini_batch_size"),
         ("model_name_or_path: gpt2\noutput_min_length: 9\noutput_max_length: 9\n", "need 0 < output_min_length"),
         ("model_name_or_path: gpt2\nbatch_size: 8\ndtype: half\n", "dtype 'half' is not one of"),
-        ("- just\n- a list\n", "must hold a mapping"),
+        ("- just\n- a list\n", "must hold a YAML mapping"),
         ("batch_size: [1\n", "is not valid YAML"),
     ],
 )
@@ -189,7 +186,10 @@ def test_bad_config_value_is_one_line_and_exit_code_2(tmp_path, capsys, text, me
 
 def test_bad_config_path_and_bad_flag_are_one_line_and_exit_code_2(capsys):
     assert run(["--config", "no/such/config.yaml"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: config file 'no/such/config.yaml' does not exist."]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: config file 'no/such/config.yaml' does not exist and is not a shipped config (`stackrlhf configs` "
+        "lists them)."
+    ]
     assert run(["--model", "gpt2", "--batch_size", "abc"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: argument --batch_size: invalid int value")
@@ -197,10 +197,10 @@ def test_bad_config_path_and_bad_flag_are_one_line_and_exit_code_2(capsys):
 
 def test_a_model_yet_to_be_built_points_to_the_model_flag(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no outputs/llama-se-merged here
-    assert run(["--config", str(CONFIGS / "reward_llama2_7b.yaml")]) == 2
+    assert run(["--config", "llama-2-7b/reward"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plan its base instead, e.g. --model meta-llama/Llama-2-7b-hf" in err[0]
-    assert run(["--config", str(CONFIGS / "reward_llama2_7b.yaml"), "--model", "meta-llama/Llama-2-7b-hf"]) == 0
+    assert run(["--config", "llama-2-7b/reward", "--model", "meta-llama/Llama-2-7b-hf"]) == 0
 
 
 def test_parsing_and_help_load_no_training_stack():

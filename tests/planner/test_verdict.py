@@ -19,7 +19,7 @@ NEOX += ["--output_min_length", "4", "--output_max_length", "64", "--max_prompt_
 
 def _arguments(recipe, argv):
     from stackrlhf.recipes import ppo, sft
-    from stackrlhf.recipes.common import parse_args
+    from stackrlhf.recipes.runner import parse_args
 
     module = {"ppo": ppo, "sft": sft}[recipe]
     arguments = parse_args(module.make_parser(), [*argv, *(["--bf16", "false"] if recipe == "sft" else [])])

@@ -6,7 +6,7 @@ import pytest
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.recipes import evaluate, ppo
-from stackrlhf.recipes.common import parse_args
+from stackrlhf.recipes.runner import parse_args
 from tests.recipes.test_ppo import QUICK
 
 EVAL = [

@@ -7,7 +7,7 @@ from trl import ModelConfig
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import load_model
 from stackrlhf.recipes import merge, sft
-from stackrlhf.recipes.common import parse_args
+from stackrlhf.recipes.runner import parse_args
 
 
 @pytest.fixture(scope="module")

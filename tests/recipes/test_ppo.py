@@ -11,10 +11,10 @@ from transformers import AutoTokenizer
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.recipes import ppo
-from stackrlhf.recipes.common import SUMMARY_FILE, parse_args
+from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards import RewardError
 from stackrlhf.trainer.checkpointing import checkpoint_dirs, resolve_checkpoint
-from stackrlhf.trainer.reporting import STATS_FILE, read_stats
+from stackrlhf.trainer.reporting import STATS_FILE, SUMMARY_FILE, read_stats
 
 QUICK = [
     "--model_name_or_path", TINY_MODEL,

@@ -3,8 +3,9 @@ import json
 import pytest
 
 from stackrlhf.recipes import reward
-from stackrlhf.recipes.common import SUMMARY_FILE, parse_args
+from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards.scorers import RewardScorer
+from stackrlhf.trainer.reporting import SUMMARY_FILE
 
 QUICK = ["--max_steps", "6", "--max_samples", "120", "--eval_samples", "24", "--max_length", "256"]
 

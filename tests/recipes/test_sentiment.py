@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.recipes import sentiment
-from stackrlhf.recipes.common import parse_args
+from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards import VaderSentimentReward
 from stackrlhf.trainer.reporting import STATS_FILE, read_stats
 

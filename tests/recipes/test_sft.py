@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from stackrlhf.recipes import common, sft
-from stackrlhf.recipes.common import SUMMARY_FILE, parse_args, run_recipe
+from stackrlhf.recipes import setup, sft
+from stackrlhf.recipes.runner import parse_args, run_recipe
+from stackrlhf.trainer.reporting import SUMMARY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = [
@@ -51,20 +52,9 @@ def test_dry_run_prints_the_resolved_config_without_loading(tmp_path, capsys, mo
     def refuse(*args, **kwargs):
         raise AssertionError("--dry_run must not load a model")
 
-    monkeypatch.setattr(common, "load_model", refuse)
-    args = parse_args(
-        sft.make_parser(),
-        [
-            "--config",
-            str(ROOT / "recipes/configs/sft_llama2_7b.yaml"),
-            "--learning_rate",
-            "3e-5",
-            "--bf16",
-            "false",
-            "--dry_run",
-        ],
-    )
-    assert sft.main(*args) is None
+    monkeypatch.setattr(setup, "load_model", refuse)
+    argv = ["--config", "llama-2-7b/sft", "--learning_rate", "3e-5", "--bf16", "false", "--dry_run"]
+    assert run_recipe(sft.make_parser(), sft.main, argv) == 0
     printed = capsys.readouterr().out
     assert "model_name_or_path: meta-llama/Llama-2-7b-hf" in printed  # from the YAML file
     assert "learning_rate: 3.0e-05" in printed  # the flag overrides the file

@@ -13,8 +13,8 @@ import pytest
 from transformers import HfArgumentParser
 from trl import ModelConfig, TrlParser
 
-from stackrlhf.trainer import ppo_config
 from stackrlhf.errors import ConfigError
+from stackrlhf.trainer import ppo_config
 from stackrlhf.trainer.ppo_config import DEFAULT_MINI_BATCH_SIZE, KL_PENALTIES, PPOConfig
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "golden" / "fixtures" / "core.json").read_text())["ppo_config"]

@@ -6,7 +6,10 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-CONFIGS = Path(__file__).parents[1] / "recipes" / "configs" / "accelerate"
+from stackrlhf.configs import CONFIG_DIR
+
+CONFIGS = CONFIG_DIR / "accelerate"
+ROOT = Path(__file__).parents[2]
 
 
 @pytest.mark.parametrize(
@@ -29,6 +32,6 @@ def test_recipe_launches_with_the_single_gpu_config(tmp_path):
     launcher = Path(sys.executable).with_name("accelerate")
     command = [str(launcher), "launch", "--config_file", str(CONFIGS / "single_gpu.yaml"), "--cpu"]
     command += ["recipes/sft_stackllama.py", "--dry_run", "--output_dir", str(tmp_path)]
-    result = subprocess.run(command, cwd=CONFIGS.parents[2], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "model_name_or_path: stackrlhf/stories260K" in result.stdout

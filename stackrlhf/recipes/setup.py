@@ -1,0 +1,73 @@
+"""What the SFT and reward recipes do before handing over to their TRL trainer: check the settings, load data,
+tokenizer and model cheapest first, and pick the checkpointing flavour a quantized base needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import ModelConfig
+
+from stackrlhf.data import DataArguments, load_splits
+from stackrlhf.models.loading import (
+    ModelTask,
+    build_peft_config,
+    check_model_config,
+    load_model,
+    load_tokenizer,
+    skeleton_model,
+)
+
+
+@dataclass
+class TrainingSetup:
+    """What a training recipe hands its TRL trainer."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    peft_config: LoraConfig | None
+    train_pairs: Dataset
+    eval_pairs: Dataset
+
+
+def prepare_training(
+    data_args: DataArguments,
+    model_args: ModelConfig,
+    *,
+    task: ModelTask = "causal_lm",
+    trust_remote_code: bool = False,
+) -> TrainingSetup:
+    """Check the settings, then load the data, tokenizer and base model, cheapest first.
+
+    The LoRA settings are checked on a meta-device skeleton before the data and the weights load, so a typo is
+    reported at once, not after a multi-gigabyte checkpoint. Sequence-classification models get the tokenizer's pad id.
+    """
+    check_model_config(model_args, training=True)
+    peft_config = build_peft_config(
+        model_args, skeleton_model(model_args, task=task, trust_remote_code=trust_remote_code)
+    )
+    train_pairs, eval_pairs = load_splits(data_args)
+    tokenizer = load_tokenizer(model_args)
+    model = load_model(model_args, task=task, trust_remote_code=trust_remote_code)
+    if task == "sequence_classification":
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return TrainingSetup(model, tokenizer, peft_config, train_pairs, eval_pairs)
+
+
+def prefer_reentrant_checkpointing(training_args: Any, model_args: ModelConfig) -> None:
+    """With gradient checkpointing on a bitsandbytes-quantized base, checkpoint reentrantly unless the user chose
+    otherwise: transformers 5's default (non-reentrant) keeps what bitsandbytes' 8-bit matmul stashes on its
+    autograd context (the layer inputs) alive in every checkpointed layer.
+
+    transformers 5.24 renamed `gradient_checkpointing(_kwargs)` to `activation_checkpointing(_kwargs)` (the old
+    names stay as aliases resolved at parse time); both spellings are read and the new one is written.
+    """
+    new_names = hasattr(training_args, "activation_checkpointing_kwargs")
+    prefix = "activation" if new_names else "gradient"
+    if getattr(training_args, f"{prefix}_checkpointing") and (model_args.load_in_8bit or model_args.load_in_4bit):
+        kwargs = dict(getattr(training_args, f"{prefix}_checkpointing_kwargs") or {})
+        kwargs.setdefault("use_reentrant", True)
+        setattr(training_args, f"{prefix}_checkpointing_kwargs", kwargs)
