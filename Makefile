@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stackrlhf-installed
 
-.PHONY: demo test lint install
+.PHONY: demo test test-fast lint install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The inner loop: everything except the tests that start other processes (torchrun, accelerate launch).
+test-fast: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not subprocess"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,7 @@
 """PPO, StackLLaMA stage 3, on one shared base model (offline demo with no arguments: SFT, reward, then PPO).
 
     accelerate launch recipes/ppo_stackllama.py
-    accelerate launch recipes/ppo_stackllama.py --config recipes/configs/ppo_llama2_7b.yaml
+    accelerate launch recipes/ppo_stackllama.py --config llama-2-7b/ppo
 
 Same as `stackrlhf ppo`; `--help` explains every option."""
 

@@ -1,15 +1,16 @@
 """The `stackrlhf` command: one subcommand per recipe, each sharing the recipe's own parser and `main`.
 
-stackrlhf sft [--config recipes/configs/sft_llama2_7b.yaml] [flags]
+stackrlhf sft [--config llama-2-7b/sft] [flags]
 stackrlhf reward ...
-stackrlhf ppo [--config recipes/configs/ppo_llama2_7b.yaml] [flags]
+stackrlhf ppo [--config llama-2-7b/ppo] [flags]
 stackrlhf plan --model EleutherAI/gpt-neox-20b --stage ppo --quantization 8bit --gpu_memory_gb 24
-stackrlhf plan --config recipes/configs/ppo_llama2_7b.yaml --model meta-llama/Llama-2-7b-hf
+stackrlhf plan --config llama-2-7b/ppo --model meta-llama/Llama-2-7b-hf
+stackrlhf configs [llama-2-7b/ppo [--show]]
 stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
 stackrlhf convert-llama2c --checkpoint model.bin --tokenizer tok512.bin --output_dir out/
 
-Recipe modules are imported when a command needs them: `stackrlhf plan` goes straight to the planner and loads no
-training code.
+Recipe modules are imported when a command needs them: `stackrlhf plan` and `stackrlhf configs` load no training
+code.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ RECIPE_MODULES = {
     "evaluate": "stackrlhf.recipes.evaluate",
     "stages": "stackrlhf.recipes.stages",
     "plan": "stackrlhf.planner.cli",
+    "configs": "stackrlhf.configs.command",
     "convert-llama2c": "stackrlhf.recipes.convert_llama2c",
 }
+
+LIGHT_COMMANDS = ("plan", "configs")
+"""Commands that import neither torch nor the training stack: they answer at once."""
 
 
 class _Modules(Mapping[str, ModuleType]):
@@ -68,8 +73,8 @@ def make_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `stackrlhf COMMAND [options]`; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "plan":  # the planner parses its own options, without the recipes' parsers
-        return RECIPES["plan"].run(argv[1:])
+    if argv and argv[0] in LIGHT_COMMANDS:  # they parse their own options, without the recipes' parsers
+        return RECIPES[argv[0]].run(argv[1:])
     parser, recipe_parsers = make_parser()
     if not argv or argv[0] not in RECIPES:
         parser.parse_args(argv)  # prints help or a usage error for an unknown command, and exits

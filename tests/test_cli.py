@@ -50,6 +50,7 @@ def test_unknown_command_is_a_usage_error():
     assert exit_info.value.code == 2
 
 
+@pytest.mark.subprocess
 def test_console_script_entry_point():
     result = subprocess.run(
         [sys.executable, "-c", "from stackrlhf.cli import main; raise SystemExit(main(['reward', '--help']))"],

@@ -1,7 +1,7 @@
 """`stackrlhf plan`: will this model, precision, LoRA rank, batch and sequence length fit my card?
 
 stackrlhf plan --model EleutherAI/gpt-neox-20b --stage ppo --quantization 8bit --lora_r 16 --gpu_memory_gb 24
-stackrlhf plan --config recipes/configs/sentiment_gpt_neox_20b.yaml --gpu_memory_gb 24
+stackrlhf plan --config gpt-neox-20b/sentiment --gpu_memory_gb 24
 python -m stackrlhf.planner --model meta-llama/Llama-2-13b-hf --quantization 4bit --json
 
 `--config` plans the run a recipe config describes (`stackrlhf.planner.recipe_config`); flags given with it override
@@ -38,9 +38,9 @@ class PlanArguments(PlanSettings):
     config: str | None = field(
         default=None,
         metadata={
-            "help": "A recipe config (recipes/configs/*.yaml, the recipe's own option names): plan the run it "
-            "describes, with worst-case lengths. The recipe is told by the config's keys, or by --stage. Flags given "
-            "here override its values."
+            "help": "A recipe config, by path or short name (llama-2-7b/ppo; `stackrlhf configs` lists them; the "
+            "recipe's own option names): plan the run it describes, with worst-case lengths. The recipe is told by "
+            "the config's folder or keys, or by --stage. Flags given here override its values."
         },
     )
     json: bool = field(default=False, metadata={"help": "Print one JSON object instead of the table."})

@@ -40,12 +40,12 @@ RECIPE_STAGE: dict[str, str] = {"sft": "sft", "reward": "reward", "ppo": "ppo", 
 """The planner stage of each recipe (the sentiment quick start is a PPO run)."""
 
 
-_MODEL_DEFAULTS: dict[str, Any] = {
-    "model_name_or_path": TINY_MODEL,
+_MODEL_DEFAULTS: dict[str, Any] = {  # TRL's ModelConfig, as the recipes resolve it
+    "model_name_or_path": None,
     "dtype": "float32",
-    "use_peft": True,
+    "use_peft": False,
     "lora_r": 16,
-    "lora_target_modules": "all-linear",
+    "lora_target_modules": None,
     "load_in_8bit": False,
     "load_in_4bit": False,
     "use_bnb_nested_quant": False,
@@ -54,53 +54,53 @@ _MODEL_DEFAULTS: dict[str, Any] = {
     "lora_target_parameters": None,
     "attn_implementation": None,
 }
-_TRAINER_DEFAULTS: dict[str, Any] = {
+_TRAINER_DEFAULTS: dict[str, Any] = {  # TRL's SFTConfig / RewardConfig
     "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 16,
-    "max_length": 256,
-    "gradient_checkpointing": False,
+    "per_device_eval_batch_size": 8,
+    "max_length": 1024,
+    "gradient_checkpointing": True,
     "activation_checkpointing": False,
     "optim": "adamw_torch_fused",
     "bf16": False,
     "fp16": False,
     "activation_offloading": False,
 }
-_PPO_DEFAULTS: dict[str, Any] = {
+_PPO_DEFAULTS: dict[str, Any] = {  # PPOConfig, RLLoopArguments, the recipes' own arguments
     "gradient_checkpointing": False,
     "forward_batch_size": None,
     "gradient_accumulation_steps": 1,
     "optimize_device_cache": False,
+    "batch_size": 128,
+    "mini_batch_size": 128,
+    "output_min_length": 32,
+    "output_max_length": 128,
     "generation_batch_size": 16,
+    "max_prompt_length": None,
     "upcast_non_quantized": True,
     "reward_model": None,
 }
 
+
+def _with_offline_config(recipe: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """`defaults` (the dataclasses' values of the options the planner reads) updated with the recipe's offline config
+    (`tiny/<recipe>`), as its parser resolves them (TRL's ModelConfig reads a one-item `lora_target_modules` list as
+    the string)."""
+    offline = {key: value for key, value in read_config(f"tiny/{recipe}").items() if key in defaults}
+    modules = offline.get("lora_target_modules")
+    if isinstance(modules, list) and len(modules) == 1:
+        offline["lora_target_modules"] = modules[0]
+    return defaults | offline
+
+
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "sft": _MODEL_DEFAULTS | _TRAINER_DEFAULTS | {"packing": True},
-    "reward": _MODEL_DEFAULTS | _TRAINER_DEFAULTS | {"lora_r": 8},
-    "ppo": _MODEL_DEFAULTS
-    | _PPO_DEFAULTS
-    | {
-        "model_name_or_path": None,  # no model: the offline SFT and reward stages build one from the tiny model
-        "batch_size": 16,
-        "mini_batch_size": 4,
-        "output_min_length": 16,
-        "output_max_length": 48,
-        "max_prompt_length": 64,
-    },
-    "sentiment": _MODEL_DEFAULTS
-    | _PPO_DEFAULTS
-    | {
-        "batch_size": 32,
-        "mini_batch_size": 8,
-        "output_min_length": 8,
-        "output_max_length": 24,
-        "max_prompt_length": None,
-        "query_min_length": None,
-        "query_max_length": None,
-    },
+    "sft": _with_offline_config("sft", _MODEL_DEFAULTS | _TRAINER_DEFAULTS | {"packing": False}),
+    "reward": _with_offline_config("reward", _MODEL_DEFAULTS | _TRAINER_DEFAULTS),
+    "ppo": _with_offline_config("ppo", _MODEL_DEFAULTS | _PPO_DEFAULTS),
+    "sentiment": _with_offline_config(
+        "sentiment", _MODEL_DEFAULTS | _PPO_DEFAULTS | {"query_min_length": None, "query_max_length": None}
+    ),
 }
-"""The defaults each recipe's parser resolves (dataclass defaults, then the recipe's `OFFLINE_DEFAULTS`), for the
+"""The defaults each recipe's parser resolves (dataclass defaults, then the recipe's offline config), for the
 options the planner reads. `tests/planner/test_recipe_config.py` checks them against the real parsers."""
 
 _PPO_KEYS = frozenset(

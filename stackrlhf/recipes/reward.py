@@ -7,7 +7,7 @@ held-out pairs are scored with `RewardScorer` and the pairwise accuracy is compu
 
 With no arguments it runs offline on the bundled tiny Llama and HH-RLHF sample. For Llama-2-7B:
 
-    accelerate launch recipes/reward_stackllama.py --config recipes/configs/reward_llama2_7b.yaml
+    accelerate launch recipes/reward_stackllama.py --config llama-2-7b/reward
 """
 
 from __future__ import annotations

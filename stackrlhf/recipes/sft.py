@@ -3,7 +3,7 @@
 With no arguments it trains a LoRA adapter on the bundled tiny Llama (stories260K) with the bundled HH-RLHF sample,
 offline, in about a minute on two CPU cores. For Llama-2-7B with StackLLaMA's settings:
 
-    accelerate launch recipes/sft_stackllama.py --config recipes/configs/sft_llama2_7b.yaml
+    accelerate launch recipes/sft_stackllama.py --config llama-2-7b/sft
 
 The output directory holds the adapter (or the full model without `--use_peft`), the tokenizer and
 `stackrlhf_summary.json` (base model, data, metrics), which the reward and PPO stages read.

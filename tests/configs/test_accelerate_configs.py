@@ -27,6 +27,7 @@ def test_accelerate_reads_each_config(name, distributed_type):
         assert config.deepspeed_config["zero_stage"] == 2
 
 
+@pytest.mark.subprocess
 def test_recipe_launches_with_the_single_gpu_config(tmp_path):
     """`accelerate launch --config_file ...` runs a recipe (here on the CPU, with --dry_run)."""
     launcher = Path(sys.executable).with_name("accelerate")

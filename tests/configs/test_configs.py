@@ -83,3 +83,15 @@ def test_bad_config_files_are_one_line_errors(tmp_path, capsys):
         assert cli.main(["sft", "--config", str(config), "--dry_run"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0]
+
+
+def test_configs_command_lists_and_locates_configs(capsys):
+    assert cli.main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in shipped_configs())
+    assert cli.main(["configs", "accelerate/deepspeed_zero2"]) == 0
+    assert capsys.readouterr().out.strip() == str(CONFIG_DIR / "accelerate" / "deepspeed_zero2.yaml")
+    assert cli.main(["configs", "llama-2-7b/ppo", "--show"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == read_config("llama-2-7b/ppo")
+    assert cli.main(["configs", "no/such"]) == 2
+    assert capsys.readouterr().err.startswith("error: config file 'no/such' does not exist")

@@ -203,6 +203,7 @@ def test_a_model_yet_to_be_built_points_to_the_model_flag(tmp_path, capsys, monk
     assert run(["--config", "llama-2-7b/reward", "--model", "meta-llama/Llama-2-7b-hf"]) == 0
 
 
+@pytest.mark.subprocess
 def test_parsing_and_help_load_no_training_stack():
     code = (
         "import sys; from stackrlhf.cli import main; from stackrlhf.planner.cli import make_parser, parse;"

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from stackrlhf.trainer.reporting import STATS_FILE, read_stats
 
+pytestmark = pytest.mark.subprocess
+
 RECIPE = Path(__file__).parents[2] / "recipes" / "ppo_stackllama.py"
 QUICK = [
     "--model_name_or_path", "stackrlhf/stories260K", "--steps", "16", "--batch_size", "4", "--mini_batch_size", "2",

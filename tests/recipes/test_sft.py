@@ -66,6 +66,7 @@ def _run(*argv):
     return subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.subprocess
 def test_launcher_help_lists_options():
     result = _run("recipes/sft_stackllama.py", "--help")
     assert result.returncode == 0
@@ -81,6 +82,7 @@ def test_launcher_help_lists_options():
         assert option in result.stdout
 
 
+@pytest.mark.subprocess
 def test_launcher_reports_bad_config_in_one_line(tmp_path):
     result = _run("recipes/sft_stackllama.py", "--load_in_8bit", "--load_in_4bit", "--output_dir", str(tmp_path))
     assert result.returncode == 2
