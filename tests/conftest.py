@@ -1,4 +1,4 @@
-"""Shared fixtures: quiet, offline, deterministic runs on the bundled tiny model."""
+"""Shared fixtures: quiet, offline, deterministic runs on the bundled tiny model, and small reward models on it."""
 
 import os
 
@@ -16,3 +16,28 @@ def tiny_model_dir():
     from stackrlhf.models.bundled import tiny_model_path
 
     return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def reward_dirs(tmp_path_factory, tiny_model_dir):
+    """A reward LoRA adapter (with its score head) on the tiny base, the same merged into a full model, and a
+    full model whose score head returns NaN."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    root = tmp_path_factory.mktemp("rewards")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    base = LlamaForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    base.config.pad_token_id = tokenizer.pad_token_id  # as the reward recipe sets it
+    config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(base, config)
+    model.save_pretrained(root / "adapter")
+    merged = model.merge_and_unload()
+    for name in ("merged", "nan"):
+        if name == "nan":
+            merged.score.weight.data.fill_(float("nan"))
+        merged.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return {name: root / name for name in ("adapter", "merged", "nan")}

@@ -6,11 +6,22 @@ or the bundled HH-RLHF sample) becomes a dataset of preference rows with string 
 
     train, held_out = load_splits(DataArguments())
     sft_train = to_sft_dataset(train)  # "text": "Question: ...\\n\\nAnswer: <chosen>"
+
+Prompt-only data (an RL stage's prompts, no answers) comes from `read_prompts` (`PromptArguments`: the bundled story
+openings, a text file or a dataset column) and is tokenized for the RL loop by `tokenize_prompts`.
 """
 
 from stackrlhf.data.arguments import DataArguments
 from stackrlhf.data.formats import DATASET_FORMATS, PreferencePair, parse_column_mapping, split_hh_dialogues
 from stackrlhf.data.loading import LoadedPairs, load_preference_pairs
+from stackrlhf.data.prompts import (
+    PromptArguments,
+    Prompts,
+    bundled_openings,
+    prompt_budget,
+    read_prompts,
+    tokenize_prompts,
+)
 from stackrlhf.data.readers import BUNDLED_DATASET
 from stackrlhf.data.splits import load_splits, split_pairs
 from stackrlhf.data.templates import (
@@ -32,15 +43,21 @@ __all__ = [
     "DataArguments",
     "LoadedPairs",
     "PreferencePair",
+    "PromptArguments",
+    "Prompts",
+    "bundled_openings",
     "format_answer",
     "format_prompt",
     "load_preference_pairs",
     "load_splits",
     "parse_column_mapping",
+    "prompt_budget",
     "prompts_within",
+    "read_prompts",
     "split_hh_dialogues",
     "split_pairs",
     "to_prompt_dataset",
     "to_reward_dataset",
     "to_sft_dataset",
+    "tokenize_prompts",
 ]

@@ -27,8 +27,8 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import load_tokenizer, read_adapter
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
+from stackrlhf.rewards.build import build_reward, check_reward_source
 from stackrlhf.rewards.contract import check_rewards
-from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
 from stackrlhf.trainer.reporting import SUMMARY_FILE
 
 EVALUATION_FILE = "evaluation.json"
@@ -59,22 +59,23 @@ class EvaluateArguments:
 
 
 def reward_source(args: EvaluateArguments) -> tuple[str | None, str | None]:
-    """`(reward_adapter, reward_model)`: the arguments', else the PPO run's own (its summary file).
+    """`(reward_adapter, reward_model)`: the arguments', else the PPO run's own (its summary file), checked by
+    `check_reward_source`.
 
     Raises:
-        ConfigError: no reward given and none recorded, or both given.
+        ConfigError: no reward given and none recorded, both given, or a reward adapter that is not one.
     """
-    if args.reward_adapter and args.reward_model:
-        raise ConfigError("give either --reward_adapter or --reward_model, not both.")
-    if args.reward_adapter or args.reward_model:
-        return args.reward_adapter, args.reward_model
-    summary_path = Path(args.policy_path, SUMMARY_FILE)
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    if not (summary.get("reward_adapter") or summary.get("reward_model")):
-        raise ConfigError(
-            f"{args.policy_path}: no reward recorded in {SUMMARY_FILE}; pass --reward_adapter or --reward_model."
-        )
-    return summary.get("reward_adapter"), summary.get("reward_model")
+    reward_adapter, reward_model = args.reward_adapter, args.reward_model
+    if not (reward_adapter or reward_model):
+        summary_path = Path(args.policy_path, SUMMARY_FILE)
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        reward_adapter, reward_model = summary.get("reward_adapter"), summary.get("reward_model")
+        if not (reward_adapter or reward_model):
+            raise ConfigError(
+                f"{args.policy_path}: no reward recorded in {SUMMARY_FILE}; pass --reward_adapter or --reward_model."
+            )
+    check_reward_source(reward_adapter, reward_model)
+    return reward_adapter, reward_model
 
 
 @torch.no_grad()
@@ -108,11 +109,14 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
         args.policy_path, **({"reward_adapter": reward_adapter} if reward_adapter else {})
     )
     tokenizer = load_tokenizer(ModelConfig(model_name_or_path=adapter.tokenizer_source), padding_side="left")
-    scorer_kwargs = {"batch_size": args.batch_size, "max_length": args.max_prompt_length + args.max_new_tokens + 1}
-    if reward_adapter:
-        scorer = AdapterRewardScorer(model, tokenizer, **scorer_kwargs)
-    else:
-        scorer = RewardScorer.from_pretrained(reward_model, **scorer_kwargs)
+    reward = build_reward(
+        model,
+        tokenizer,
+        reward_adapter=reward_adapter,
+        reward_model=reward_model,
+        batch_size=args.batch_size,
+        max_length=args.max_prompt_length + args.max_new_tokens + 1,
+    )
 
     _, eval_pairs = load_splits(data_args)
     prompts = prompts_within(to_prompt_dataset(eval_pairs)["query"], tokenizer, args.max_prompt_length)
@@ -128,7 +132,7 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
     rewards = {}
     for name, responses in tqdm({"policy": policy_responses, "reference": reference_responses}.items(), desc="score"):
         texts = [q + r for q, r in zip(prompts, responses, strict=True)]
-        rewards[name] = np.array(check_rewards(scorer(texts), texts, "reward", step=0))
+        rewards[name] = np.array(check_rewards(reward.fn(texts), texts, reward.name, step=0))
     wins = (rewards["policy"] > rewards["reference"]) + 0.5 * (rewards["policy"] == rewards["reference"])
     report = {
         "policy": args.policy_path,

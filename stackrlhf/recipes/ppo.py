@@ -12,7 +12,7 @@ published StackLLaMA scripts did. With no model arguments at all, the SFT and re
 bundled data with the tiny model (or reused from the cache), so a bare `accelerate launch recipes/ppo_stackllama.py`
 is a complete offline demo. For Llama-2-7B:
 
-    accelerate launch recipes/ppo_stackllama.py --config recipes/configs/ppo_llama2_7b.yaml
+    accelerate launch recipes/ppo_stackllama.py --config llama-2-7b/ppo
 """
 
 from __future__ import annotations
@@ -20,14 +20,20 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 from trl import ModelConfig, get_quantization_config
 
 from stackrlhf.core import set_seed
-from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
+from stackrlhf.data import (
+    DataArguments,
+    load_splits,
+    prompt_budget,
+    prompts_within,
+    to_prompt_dataset,
+    tokenize_prompts,
+)
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import (
     build_peft_config,
@@ -40,11 +46,11 @@ from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHe
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.stages import offline_stages
-from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
+from stackrlhf.rewards.build import build_reward, check_reward_source
 from stackrlhf.trainer.ppo_config import PPOConfig
 from stackrlhf.trainer.ppo_trainer import PPOTrainer
 from stackrlhf.trainer.reporting import tensor_bytes
-from stackrlhf.trainer.rl_loop import RLLoopArguments, prompt_budget, run_rl_loop, tokenize_prompts
+from stackrlhf.trainer.rl_loop import RLLoopArguments, run_rl_loop
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +92,7 @@ def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model
         ConfigError: both or (with an explicit model) neither reward source, a reward adapter without LoRA, or a
             reward adapter directory that is not one.
     """
-    if base_args.reward_adapter and ppo_config.reward_model:
-        raise ConfigError("give either --reward_adapter (shared base) or --reward_model (separate model), not both.")
+    check_reward_source(base_args.reward_adapter, ppo_config.reward_model)
     if model_args.model_name_or_path is None:
         if base_args.reward_adapter or ppo_config.reward_model:
             raise ConfigError(
@@ -105,24 +110,8 @@ def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model
             f"model (the reference). Merge it first: stackrlhf merge --adapter_path {model_args.model_name_or_path} "
             "--output_dir <merged>."
         )
-    if base_args.reward_adapter:
-        if not model_args.use_peft:
-            raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
-        adapter = read_adapter(base_args.reward_adapter)
-        if adapter is None and Path(base_args.reward_adapter).exists():
-            raise ConfigError(f"--reward_adapter {base_args.reward_adapter}: no adapter_config.json in it.")
-        if adapter is None and not _looks_like_hub_id(base_args.reward_adapter):
-            raise ConfigError(f"--reward_adapter {base_args.reward_adapter}: no such directory.")
-        if adapter is not None and adapter.task != "sequence_classification":
-            raise ConfigError(
-                f"--reward_adapter {base_args.reward_adapter}: a {adapter.task} adapter, not a reward model's "
-                "(SEQ_CLS with a score head)."
-            )
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+    if base_args.reward_adapter and not model_args.use_peft:
+        raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
 
 
 def load_policy(
@@ -184,19 +173,19 @@ def train_ppo(
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
     prompts = tokenize_prompts(to_prompt_dataset(train_pairs)["query"], tokenizer, room, data_args.dataset_path)
 
+    reward = build_reward(
+        model,
+        tokenizer,
+        reward_adapter=base_args.reward_adapter,
+        reward_model=ppo_config.reward_model,
+        reward_model_load_in_8bit=base_args.reward_model_load_in_8bit,
+        batch_size=loop_args.reward_batch_size,
+        max_length=room + loop_args.output_max_length,
+        device=PartialState().device,
+    )
     extra_roles: dict[str, int] = {}
-    scorer_kwargs = {"batch_size": loop_args.reward_batch_size, "max_length": room + loop_args.output_max_length}
-    if base_args.reward_adapter:
-        reward_fn = AdapterRewardScorer(model, tokenizer, **scorer_kwargs)
-        reward_name = f"reward adapter {base_args.reward_adapter}"
-    else:
-        reward_fn = RewardScorer.from_pretrained(
-            ppo_config.reward_model, load_in_8bit=base_args.reward_model_load_in_8bit, **scorer_kwargs
-        )
-        if not base_args.reward_model_load_in_8bit:
-            reward_fn.model.to(PartialState().device)
-        reward_name = f"reward model {ppo_config.reward_model}"
-        extra_roles["reward model (separate)"] = tensor_bytes(reward_fn.model.parameters())
+    if reward.separate_model is not None:
+        extra_roles["reward model (separate)"] = tensor_bytes(reward.separate_model.parameters())
     # built last: it seeds every generator (ppo_config.seed), so the run does not depend on what loaded before it
     trainer = PPOTrainer(ppo_config, model, ref_model=None, tokenizer=tokenizer)
 
@@ -205,8 +194,8 @@ def train_ppo(
     return run_rl_loop(
         trainer,
         prompts,
-        reward_fn,
-        reward_name,
+        reward.fn,
+        reward.name,
         loop_args,
         sample_queries=sample_queries,
         summary=summary,

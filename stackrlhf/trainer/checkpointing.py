@@ -5,9 +5,13 @@ A checkpoint directory `checkpoint-{step}` holds
 * `policy/`: the policy (adapter + value head, or the whole model), loadable on its own with `from_pretrained`;
 * `trainable.safetensors`: every trainable parameter (policy adapter, value head) by its name in the model;
 * `optimizer.safetensors` + `optimizer.json`: the optimizer's state tensors and the rest of its state dict;
-* `trainer_state.json`: the LR scheduler's state, the KL controller's coefficient, the running score moments, the
-  loop position (next step) and the caller's extra fields;
+* `trainer_state.json`: the loop position (next step), the number of processes, the caller's extra fields and,
+  under `trainer`, the rest of the trainer's `state_dict()` (for `PPOTrainer`: its step counter, the KL
+  controller's coefficient, the running score moments and the LR scheduler's state);
 * `rng_state_{rank}.safetensors` + `rng_state_{rank}.json`: each process's Python, NumPy and torch generators.
+
+The trainer's own state comes from `trainer.state_dict()` and goes back through `trainer.load_state_dict()`; the
+trainable parameters (the model's) and the generators (the process's) are saved here.
 
 Nothing is unpickled on resume. The directory is assembled under a temporary name and renamed into place only when
 complete, so a crash during a save leaves every earlier checkpoint as it was, and a reader never sees half of one.
@@ -29,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
+from stackrlhf.trainer.protocol import RLTrainer
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -147,14 +152,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# ------------------------------------------------------------------------------------------- PPO trainer state
+# ------------------------------------------------------------------------------------------- trainer state
 def save_ppo_checkpoint(
-    trainer: Any, output_dir: str | Path, step: int, extra: dict[str, Any], save_total_limit: int | None = None
+    trainer: RLTrainer, output_dir: str | Path, step: int, extra: dict[str, Any], save_total_limit: int | None = None
 ) -> Path | None:
     """Save everything a resumed run needs after `step` PPO steps; collective: call it on every process.
 
     Args:
-        trainer: a `stackrlhf.PPOTrainer`.
+        trainer: a `stackrlhf.PPOTrainer` (any `RLTrainer`).
         output_dir: where `checkpoint-{step}` goes.
         step: PPO steps done so far (the resumed run starts at this step).
         extra: JSON-safe fields of the caller's loop (e.g. its data position), returned by `load_ppo_checkpoint`.
@@ -170,15 +175,9 @@ def save_ppo_checkpoint(
         return None
     model = accelerator.unwrap_model(trainer.model)
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
-    running = trainer.running
-    trainer_state = {
-        "step": step,
-        "kl_coef": trainer.kl_ctl.value,
-        "running_moments": {"mean": running.mean, "std": running.std, "var": running.var, "count": running.count},
-        "lr_scheduler": trainer.lr_scheduler.state_dict() if trainer.lr_scheduler is not None else None,
-        "world_size": accelerator.num_processes,
-        "extra": extra,
-    }
+    own_state = trainer.state_dict()
+    optimizer_state = own_state.pop("optimizer")  # tensors: to safetensors, the rest to JSON
+    trainer_state = {"step": step, "world_size": accelerator.num_processes, "extra": extra, "trainer": own_state}
 
     def write(directory: Path) -> None:
         save_policy_safetensors(model, directory / "policy")
@@ -187,7 +186,7 @@ def save_ppo_checkpoint(
             {name: param.detach().cpu().contiguous() for name, param in trainable.items()},
             str(directory / "trainable.safetensors"),
         )
-        save_state(directory, "optimizer", trainer.optimizer.state_dict())
+        save_state(directory, "optimizer", optimizer_state)
         for rank, state in enumerate(rng_states):
             save_state(directory, f"rng_state_{rank}", state)
         (directory / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=_json_default))
@@ -210,15 +209,15 @@ def save_policy_safetensors(model: Any, directory: Path) -> None:
     save_file(value_head, str(directory / "model.safetensors"))
 
 
-def load_ppo_checkpoint(trainer: Any, checkpoint: str | Path) -> dict[str, Any]:
+def load_ppo_checkpoint(trainer: RLTrainer, checkpoint: str | Path) -> dict[str, Any]:
     """Restore a `save_ppo_checkpoint` directory into `trainer` (built with the same settings); every process.
 
     Returns:
         `{"step": steps done, "extra": the caller's fields}`.
 
     Raises:
-        ConfigError: the checkpoint's parameters do not match the model's trainable ones, or it was written by a run
-            with another number of processes.
+        ConfigError: the checkpoint's parameters do not match the model's trainable ones, it was written by a run
+            with another number of processes, or its trainer state does not fit `trainer.load_state_dict`.
     """
     checkpoint = Path(checkpoint)
     accelerator = trainer.accelerator
@@ -228,6 +227,8 @@ def load_ppo_checkpoint(trainer: Any, checkpoint: str | Path) -> dict[str, Any]:
             f"{checkpoint} was written by {trainer_state['world_size']} processes; this run has "
             f"{accelerator.num_processes}. Resume with the same number of processes."
         )
+    if "trainer" not in trainer_state:
+        raise ConfigError(f"{checkpoint}: {TRAINER_STATE_FILE} has no trainer state (an older stackrlhf wrote it).")
     model = accelerator.unwrap_model(trainer.model)
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
     saved = load_file(str(checkpoint / "trainable.safetensors"))
@@ -243,12 +244,7 @@ def load_ppo_checkpoint(trainer: Any, checkpoint: str | Path) -> dict[str, Any]:
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(saved[name])
-    trainer.optimizer.load_state_dict(load_state(checkpoint, "optimizer"))
-    if trainer.lr_scheduler is not None and trainer_state["lr_scheduler"] is not None:
-        trainer.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
-    trainer.kl_ctl.value = trainer_state["kl_coef"]
-    for key, value in trainer_state["running_moments"].items():
-        setattr(trainer.running, key, value)
+    trainer.load_state_dict(trainer_state["trainer"] | {"optimizer": load_state(checkpoint, "optimizer")})
     set_rng_state(load_state(checkpoint, f"rng_state_{accelerator.process_index}"))
     return {"step": trainer_state["step"], "extra": trainer_state["extra"]}
 

@@ -49,6 +49,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 from trl.models.utils import unwrap_model_for_generation
 
 from stackrlhf.core import (
+    WANDB_PADDING,
     AdaptiveKLController,
     FixedKLController,
     PPODecorators,
@@ -65,6 +66,7 @@ from stackrlhf.core import (
     stack_dicts,
     stats_to_np,
 )
+from stackrlhf.errors import ConfigError
 from stackrlhf.models.modeling_value_head import (
     AutoModelForCausalLMWithValueHead,
     AutoModelForSeq2SeqLMWithValueHead,
@@ -74,7 +76,9 @@ from stackrlhf.trainer.lean_forward import checkpointed_eval_forward, token_logp
 from stackrlhf.trainer.ppo_config import PPOConfig
 
 SUPPORTED_ARCHITECTURES = (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead)
-WANDB_PADDING = -1  # fills NaN advantages in the per-token stats so wandb histograms accept them, as 0.11.4 did
+
+TRAINER_STATE_KEYS = ("current_step", "kl_coef", "running_moments", "optimizer", "lr_scheduler")
+RUNNING_MOMENTS_KEYS = ("mean", "std", "var", "count")
 
 Tensors = list[torch.Tensor]
 RAGGED = ("queries", "responses")  # lists of 1-D tensors of different lengths, indexed one by one
@@ -481,7 +485,7 @@ class PPOTrainer:
         # Statistics, then the KL controller and the learning-rate schedule.
         t = time.time()
         train_stats = stack_dicts(all_stats)
-        train_stats["policy/advantages"] = torch.nan_to_num(
+        train_stats["policy/advantages"] = torch.nan_to_num(  # NaN -> -1, which wandb histograms accept (as 0.11.4)
             torch.flatten(train_stats["policy/advantages"]).unsqueeze(0), WANDB_PADDING
         )
         train_stats["policy/ratio"] = torch.flatten(train_stats["policy/ratio"]).unsqueeze(0)
@@ -993,6 +997,42 @@ class PPOTrainer:
             self.current_step += 1
         self.accelerator.log(logs, step=self.current_step if self.config.log_with == "tensorboard" else None)
 
+    # ------------------------------------------------------------------------------------------------ resuming
+    def state_dict(self) -> dict[str, typing.Any]:
+        """The trainer's resumable state, for `load_state_dict` in a trainer built with the same settings.
+
+        Keys: `current_step` (the tensorboard step counter), `kl_coef` (the KL controller's β), `running_moments`
+        (`mean`, `std`, `var`, `count` of the scores seen, for `use_score_scaling`), `optimizer` (its state dict,
+        with tensors), `lr_scheduler` (its state dict, or None without one). Everything but `optimizer` is
+        JSON-safe (numbers may be numpy scalars). Not included: the model's weights and the random generators,
+        which belong to the model and the process.
+        """
+        running = self.running
+        return {
+            "current_step": self.current_step,
+            "kl_coef": self.kl_ctl.value,
+            "running_moments": {"mean": running.mean, "std": running.std, "var": running.var, "count": running.count},
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, typing.Any]) -> None:
+        """Restore what `state_dict` returned (the scheduler's state only when both this trainer and `state` have
+        one).
+
+        Raises:
+            ConfigError: `state` lacks a key of `state_dict` or has one it does not.
+        """
+        _check_keys("trainer state", state, TRAINER_STATE_KEYS)
+        _check_keys("trainer state's running_moments", state["running_moments"], RUNNING_MOMENTS_KEYS)
+        self.current_step = state["current_step"]
+        self.kl_ctl.value = state["kl_coef"]
+        for key, value in state["running_moments"].items():
+            setattr(self.running, key, value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
     # ------------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | Path) -> None:
         """Save the policy (adapter + value head for peft models) and the tokenizer to `save_directory`."""
@@ -1027,3 +1067,14 @@ class PPOTrainer:
         engine, *_ = deepspeed.initialize(model=model, config=config_kwargs)
         engine.eval()
         return engine
+
+
+def _check_keys(what: str, state: dict[str, typing.Any], expected: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the keys `state` lacks or has beyond `expected`."""
+    missing = [key for key in expected if key not in state]
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ConfigError(
+            f"{what}: missing keys {missing}, unexpected keys {unexpected}; expected exactly {list(expected)} "
+            "(from PPOTrainer.state_dict)."
+        )

@@ -1,8 +1,10 @@
-"""What a run leaves to read: `stats.jsonl`, PNG plots, the end-of-run table, memory per role, and every stage's
-`stackrlhf_summary.json`.
+"""What a run leaves to read: `stats.jsonl`, PNG plots, `samples.json`, the end-of-run table, memory per role, and
+every stage's `stackrlhf_summary.json`.
 
 `stats.jsonl` has one JSON object per PPO step: the step number, the mean and spread of the rewards, the scalar
 statistics of `PPOTrainer.step` under TRL's names (`objective/kl`, `ppo/loss/value`, ...) and the step's seconds.
+`samples.json` holds `{"before": [...], "after": [...]}`: one `{"query", "response", "reward"}` per sample prompt,
+generated before and after training. `finish_run` writes an RL run's report at its end.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STATS_FILE = "stats.jsonl"
 SUMMARY_FILE = "stackrlhf_summary.json"
+SAMPLES_FILE = "samples.json"
 PLOTTED = {
     "reward_mean": "mean reward",
     "objective/kl": "KL to the reference (nats)",
@@ -131,7 +135,52 @@ def tensor_bytes(tensors: Any) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def role_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+@dataclass(frozen=True)
+class RoleBytes:
+    """Parameter bytes per role of a value-head policy (see `role_bytes`), and what its design keeps from holding.
+
+    Attributes:
+        base: the frozen base; also the reference model (adapter disabled) and the reward model's body.
+        policy_adapter: the policy's LoRA adapter (and `modules_to_save`).
+        value_head: the value head.
+        reward_adapter: the reward adapter with its score head; None when the base carries no reward adapter.
+        optimizer_state: the optimizer's state tensors; None when no optimizer was given.
+        is_peft: the policy is an adapter on the base, so the reference (and a reward adapter's reward model) ride
+            on the base instead of being copies of it.
+    """
+
+    base: int
+    policy_adapter: int
+    value_head: int
+    reward_adapter: int | None
+    optimizer_state: int | None
+    is_peft: bool
+
+    @property
+    def has_reward_adapter(self) -> bool:
+        """Whether a reward adapter (with its score head) rides on the base."""
+        return self.reward_adapter is not None
+
+    def held(self) -> dict[str, int]:
+        """Bytes per role held, under the labels of the memory table."""
+        roles = {"base (shared)": self.base, "policy adapter": self.policy_adapter, "value head": self.value_head}
+        if self.reward_adapter is not None:
+            roles["reward adapter + head"] = self.reward_adapter
+        if self.optimizer_state is not None:
+            roles["optimizer state"] = self.optimizer_state
+        return roles
+
+    def not_held(self) -> dict[str, int]:
+        """The copies of the base a design without the shared base would hold ({} for a policy that is no
+        adapter): the reference, and the reward model too when a reward adapter rides on the base."""
+        if not self.is_peft:
+            return {}
+        if self.has_reward_adapter:
+            return {"not held: separate reference + reward copies": 2 * self.base}
+        return {"not held: separate reference copy": self.base}
+
+
+def role_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> RoleBytes:
     """Parameter bytes per role of a shared-base value-head model, and the optimizer's state bytes.
 
     Roles: the frozen base (which is also the reference model, adapter disabled, and the reward model's body), the
@@ -139,24 +188,30 @@ def role_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     outside parameters (bitsandbytes' absmax, SCB) are not counted.
     """
     reward_name = getattr(model, "rm_adapter_name", None)
-    roles = {"base (shared)": 0, "policy adapter": 0, "value head": 0}
-    if reward_name:
-        roles["reward adapter + head"] = 0
+    base = policy_adapter = value_head = reward_adapter = 0
     for name, param in model.named_parameters():
         size = param.numel() * param.element_size()
         if name.startswith("v_head."):
-            roles["value head"] += size
+            value_head += size
         elif name.startswith("score.") or (reward_name and f".{reward_name}." in name):
-            roles["reward adapter + head"] += size
+            reward_adapter += size
         elif "lora_" in name or "modules_to_save" in name:
-            roles["policy adapter"] += size
+            policy_adapter += size
         else:
-            roles["base (shared)"] += size
+            base += size
+    optimizer_state = None
     if optimizer is not None:
-        roles["optimizer state"] = tensor_bytes(
+        optimizer_state = tensor_bytes(
             value for state in optimizer.state.values() for value in state.values() if torch.is_tensor(value)
         )
-    return roles
+    return RoleBytes(
+        base=base,
+        policy_adapter=policy_adapter,
+        value_head=value_head,
+        reward_adapter=reward_adapter if reward_name else None,
+        optimizer_state=optimizer_state,
+        is_peft=bool(getattr(model, "is_peft_model", False)),
+    )
 
 
 def format_table(rows: Sequence[tuple[str, str]], header: tuple[str, str] = ("", "")) -> str:
@@ -178,3 +233,79 @@ def format_bytes(size: int) -> str:
 def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
     """Write a stage's summary (base model, data sizes, metrics) as `stackrlhf_summary.json` beside its outputs."""
     Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def read_samples(output_dir: str | Path) -> dict[str, Any]:
+    """The sample generations saved in `output_dir`'s `samples.json` ({} when there is none)."""
+    path = Path(output_dir, SAMPLES_FILE)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_samples(output_dir: str | Path, samples: dict[str, Any]) -> None:
+    """Write the sample generations as `samples.json` in `output_dir` (created if needed)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    Path(output_dir, SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
+
+
+def finish_run(
+    output_dir: str | Path,
+    reward_name: str,
+    samples: dict[str, list[dict[str, Any]]],
+    memory: RoleBytes,
+    processes: int,
+    *,
+    summary: dict[str, Any] | None = None,
+    extra_roles: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Write an RL run's report in `output_dir` and print its table; main process only, after the last step.
+
+    Writes `samples.json` (`samples`: the generations before and after training), `plots/training.png` from
+    `stats.jsonl`, and `stackrlhf_summary.json`: `summary`'s fields, the reward summary of `summarize`, bytes per
+    role (`memory`'s, then `extra_roles` for models outside the policy, then the copies the shared base avoids, and
+    the CUDA peak on a GPU), the plot's path and the number of processes.
+
+    Returns:
+        The summary written.
+    """
+    output_dir = Path(output_dir)
+    write_samples(output_dir, samples)
+    records = read_stats(output_dir / STATS_FILE)
+    plot = plot_stats(records, output_dir / "plots" / "training.png", f"PPO: {reward_name}") if records else None
+    roles = memory.held() | (extra_roles or {}) | memory.not_held()
+    if torch.cuda.is_available():
+        roles["CUDA peak allocated"] = torch.cuda.max_memory_allocated()
+    result = {
+        "stage": "ppo",
+        "reward": reward_name,
+        **(summary or {}),
+        **summarize(records),
+        "memory_bytes": roles,
+        "plot": str(plot) if plot else None,
+        "processes": processes,
+    }
+    write_summary(output_dir, result)
+    print(end_of_run_table(result, samples))
+    return result
+
+
+def end_of_run_table(result: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> str:
+    """The printed summary: steps, mean reward of the first and last 20% of steps, KL, time, memory per role."""
+    rows = [
+        ("PPO steps", str(result.get("steps", 0))),
+        ("mean reward, first 20% of steps", f"{result.get('reward_first', float('nan')):.4f}"),
+        ("mean reward, last 20% of steps", f"{result.get('reward_last', float('nan')):.4f}"),
+        ("KL to reference, last step (nats)", f"{result.get('kl_last', float('nan')):.4f}"),
+        ("time in PPO steps", f"{result.get('seconds', 0.0):.1f} s"),
+    ]
+    rows += [(f"memory: {role}", format_bytes(size)) for role, size in result["memory_bytes"].items()]
+    lines = [format_table(rows, ("PPO run", "value"))]
+    for before, after in zip(samples.get("before", []), samples.get("after", []), strict=False):
+        lines.append(f"\nprompt: {_short(before['query'])}")
+        lines.append(f"  before ({before['reward']:+.3f}): {_short(before['response'])}")
+        lines.append(f"  after  ({after['reward']:+.3f}): {_short(after['response'])}")
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

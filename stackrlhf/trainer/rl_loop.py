@@ -3,20 +3,21 @@
 Each PPO step, on every process:
 
 1. take the next `batch_size` prompts of a seeded per-epoch shuffle (so the data position is just the step number);
-2. `PPOTrainer.generate` responses, batched, with `output_min_length <= max_new_tokens < output_max_length` drawn by a
+2. `trainer.generate` responses, batched, with `output_min_length <= max_new_tokens < output_max_length` drawn by a
    `LengthSampler`;
 3. score `query + response` with the reward function, check every reward is finite, subtract `reward_baseline`;
-4. `PPOTrainer.step(queries, responses, rewards)`, then `log_stats` (trackers) and one line of `stats.jsonl`;
+4. `trainer.step(queries, responses, rewards)`, then `log_stats` (trackers) and one line of `stats.jsonl`;
 5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.trainer.checkpointing`).
 
 At the end the policy (adapter + value head) and tokenizer are saved in `output_dir`, with plots, sample generations
-before and after training, `stackrlhf_summary.json` and a printed table.
+before and after training, `stackrlhf_summary.json` and a printed table (`reporting.finish_run`).
+
+The trainer is any `stackrlhf.trainer.protocol.RLTrainer`; `PPOTrainer` is one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from stackrlhf.core import LengthSampler
+from stackrlhf.data.prompts import Prompts
 from stackrlhf.errors import ConfigError
 from stackrlhf.rewards.contract import RewardFunction, check_rewards
 from stackrlhf.trainer.checkpointing import (
@@ -39,22 +40,10 @@ from stackrlhf.trainer.checkpointing import (
     save_ppo_checkpoint,
     set_rng_state,
 )
-from stackrlhf.trainer.ppo_trainer import PPOTrainer
-from stackrlhf.trainer.reporting import (
-    STATS_FILE,
-    StatsLog,
-    format_bytes,
-    format_table,
-    plot_stats,
-    read_stats,
-    role_bytes,
-    summarize,
-    write_summary,
-)
+from stackrlhf.trainer.protocol import RLTrainer
+from stackrlhf.trainer.reporting import STATS_FILE, StatsLog, finish_run, read_samples, role_bytes, write_samples
 
 logger = logging.getLogger(__name__)
-
-SAMPLES_FILE = "samples.json"
 
 
 @dataclass
@@ -115,69 +104,6 @@ class RLLoopArguments:
             raise ConfigError(f"save_steps must be 0 (off) or positive, got {self.save_steps}.")
 
 
-@dataclass
-class Prompts:
-    """Tokenized prompts: `texts[i]` and its ids `input_ids[i]` (1-D LongTensor, no padding)."""
-
-    texts: list[str]
-    input_ids: list[torch.Tensor]
-
-
-def tokenize_prompts(
-    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_prompt_length: int, source: str
-) -> Prompts:
-    """Tokenize `texts`, dropping (with a warning) those longer than `max_prompt_length` tokens.
-
-    Raises:
-        ConfigError: no prompt is short enough.
-    """
-    kept_texts, kept_ids, longest = [], [], 0
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        longest = max(longest, len(ids))
-        if 0 < len(ids) <= max_prompt_length:
-            kept_texts.append(text)
-            kept_ids.append(torch.tensor(ids, dtype=torch.long))
-    dropped = len(texts) - len(kept_texts)
-    if not kept_texts:
-        raise ConfigError(
-            f"{source}: all {len(texts)} prompts are longer than {max_prompt_length} tokens (longest {longest}); "
-            "raise --max_prompt_length, lower --output_max_length or use shorter prompts."
-        )
-    if dropped:
-        logger.warning(
-            "%s: dropped %d of %d prompts longer than %d tokens (longest %d).",
-            source,
-            dropped,
-            len(texts),
-            max_prompt_length,
-            longest,
-        )
-    return Prompts(kept_texts, kept_ids)
-
-
-def prompt_budget(model_config: Any, tokenizer: PreTrainedTokenizerBase, args: RLLoopArguments) -> int:
-    """The longest prompt kept: `args.max_prompt_length`, at most the room left in the model's context once
-    `output_max_length` response tokens are reserved.
-
-    Raises:
-        ConfigError: the responses alone fill the context.
-    """
-    context = getattr(model_config, "max_position_embeddings", None) or tokenizer.model_max_length
-    room = context - args.output_max_length
-    if room < 1:
-        raise ConfigError(
-            f"output_max_length {args.output_max_length} leaves no room for a prompt in the model's {context}-token "
-            "context; lower --output_max_length."
-        )
-    if args.max_prompt_length is not None and args.max_prompt_length > room:
-        raise ConfigError(
-            f"max_prompt_length {args.max_prompt_length} + output_max_length {args.output_max_length} exceed the "
-            f"model's {context}-token context."
-        )
-    return args.max_prompt_length or room
-
-
 def prompt_indices(step: int, num_prompts: int, batch_size: int, seed: int, rank: int, world_size: int) -> np.ndarray:
     """The prompts of PPO step `step` on process `rank`: a fresh seeded shuffle per pass over the data.
 
@@ -211,7 +137,7 @@ def preserved_rng(seed: int) -> Iterator[None]:
 
 
 def generate_samples(
-    trainer: PPOTrainer,
+    trainer: RLTrainer,
     queries: Sequence[str],
     reward_fn: RewardFunction,
     max_new_tokens: int,
@@ -230,7 +156,7 @@ def generate_samples(
 
 
 def run_rl_loop(
-    trainer: PPOTrainer,
+    trainer: RLTrainer,
     prompts: Prompts,
     reward_fn: RewardFunction,
     reward_name: str,
@@ -245,7 +171,7 @@ def run_rl_loop(
     """Train `trainer`'s policy for `config.total_ppo_epochs` PPO steps on `prompts` against `reward_fn`.
 
     Args:
-        trainer: a `PPOTrainer` over a value-head policy.
+        trainer: an `RLTrainer`, e.g. a `PPOTrainer` over a value-head policy.
         prompts: the training prompts (each process draws its own share of every step's global batch).
         reward_fn: texts (query + response) -> rewards.
         reward_name: how errors and the summary name the reward.
@@ -279,12 +205,12 @@ def run_rl_loop(
         logger.info("Resumed from %s at step %d of %d.", checkpoint, start_step, total_steps)
     is_main = accelerator.is_main_process
     stats_log = StatsLog(output_dir / STATS_FILE, resume_step=start_step) if is_main else None
-    samples = _read_samples(output_dir) if checkpoint is not None else {}
+    samples = read_samples(output_dir) if checkpoint is not None else {}
     if is_main and "before" not in samples:
         samples["before"] = generate_samples(
             trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
         )
-        _write_samples(output_dir, samples)
+        write_samples(output_dir, samples)
 
     progress = tqdm(
         range(start_step, total_steps), initial=start_step, total=total_steps, desc="PPO", disable=not is_main
@@ -332,59 +258,15 @@ def run_rl_loop(
     samples["after"] = generate_samples(
         trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
     )
-    _write_samples(output_dir, samples)
-    records = read_stats(output_dir / STATS_FILE)
-    plot = plot_stats(records, output_dir / "plots" / "training.png", f"PPO: {reward_name}") if records else None
-    model = accelerator.unwrap_model(trainer.model)
-    roles = role_bytes(model, trainer.optimizer) | (extra_roles or {})
-    if getattr(model, "is_peft_model", False):  # the reference (and reward) ride on the base instead of copying it
-        copies = "reference + reward copies" if "reward adapter + head" in roles else "reference copy"
-        roles[f"not held: separate {copies}"] = roles["base (shared)"] * (2 if "+" in copies else 1)
-    if torch.cuda.is_available():
-        roles["CUDA peak allocated"] = torch.cuda.max_memory_allocated()
-    result = {
-        "stage": "ppo",
-        "reward": reward_name,
-        **(summary or {}),
-        **summarize(records),
-        "memory_bytes": roles,
-        "plot": str(plot) if plot else None,
-        "processes": accelerator.num_processes,
-    }
-    write_summary(output_dir, result)
-    print(end_of_run_table(result, samples))
+    memory = role_bytes(accelerator.unwrap_model(trainer.model), trainer.optimizer)
+    result = finish_run(
+        output_dir,
+        reward_name,
+        samples,
+        memory,
+        accelerator.num_processes,
+        summary=summary,
+        extra_roles=extra_roles,
+    )
     accelerator.wait_for_everyone()
     return result
-
-
-def end_of_run_table(result: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> str:
-    """The printed summary: steps, mean reward of the first and last 20% of steps, KL, time, memory per role."""
-    rows = [
-        ("PPO steps", str(result.get("steps", 0))),
-        ("mean reward, first 20% of steps", f"{result.get('reward_first', float('nan')):.4f}"),
-        ("mean reward, last 20% of steps", f"{result.get('reward_last', float('nan')):.4f}"),
-        ("KL to reference, last step (nats)", f"{result.get('kl_last', float('nan')):.4f}"),
-        ("time in PPO steps", f"{result.get('seconds', 0.0):.1f} s"),
-    ]
-    rows += [(f"memory: {role}", format_bytes(size)) for role, size in result["memory_bytes"].items()]
-    lines = [format_table(rows, ("PPO run", "value"))]
-    for before, after in zip(samples.get("before", []), samples.get("after", []), strict=False):
-        lines.append(f"\nprompt: {_short(before['query'])}")
-        lines.append(f"  before ({before['reward']:+.3f}): {_short(before['response'])}")
-        lines.append(f"  after  ({after['reward']:+.3f}): {_short(after['response'])}")
-    return "\n".join(lines)
-
-
-def _short(text: str, width: int = 100) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _read_samples(output_dir: Path) -> dict[str, Any]:
-    path = output_dir / SAMPLES_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_samples(output_dir: Path, samples: dict[str, Any]) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")

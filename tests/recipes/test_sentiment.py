@@ -1,10 +1,12 @@
-"""The sentiment quick start: VADER reward offline, prompts from the bundled openings, a file or a dataset."""
+"""The sentiment quick start: VADER reward offline, prompts from the bundled openings, a file or a dataset (the
+prompts themselves are tested in tests/data/test_prompts.py)."""
 
+import dataclasses
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
+from stackrlhf.data import PromptArguments, bundled_openings
 from stackrlhf.errors import ConfigError
 from stackrlhf.recipes import sentiment
 from stackrlhf.recipes.runner import parse_args
@@ -27,29 +29,26 @@ def test_vader_scores_sentiment_without_a_model():
     assert happy > 0.5 and sad < -0.5 and flat == 0.0
 
 
+def test_the_flags_are_the_prompt_arguments_and_two_of_the_recipe():
+    names = [field.name for field in dataclasses.fields(sentiment.SentimentArguments)]
+    assert issubclass(sentiment.SentimentArguments, PromptArguments)
+    assert names == [field.name for field in dataclasses.fields(PromptArguments)] + [
+        "num_heldout_prompts",
+        "upcast_non_quantized",
+    ]
+    assert names[:6] == [
+        "prompts_file", "prompts_dataset", "prompts_column", "min_prompt_chars", "query_min_length", "query_max_length"
+    ]  # fmt: skip
+
+
 def test_offline_run_saves_samples_before_and_after(tmp_path):
     out = tmp_path / "run"
     summary = run([*QUICK, "--output_dir", str(out)])
     assert summary["reward"] == "VADER compound sentiment" and summary["steps"] == 2
     assert [r["samples"] for r in read_stats(out / STATS_FILE)] == [8, 8]
     samples = json.loads((out / "samples.json").read_text())
-    assert [s["query"] for s in samples["before"]] == sentiment.bundled_openings()[:2]
+    assert [s["query"] for s in samples["before"]] == bundled_openings()[:2]
     assert all(-1.0 <= s["reward"] <= 1.0 for s in samples["after"])
-
-
-def test_prompts_from_a_local_dataset_are_cut_to_query_lengths(tmp_path, tiny_model_dir):
-    rows = [{"review": f"Review number {i}: this film has a long and winding plot about a dog."} for i in range(12)]
-    rows.append({"review": "short"})
-    path = tmp_path / "reviews.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    args = sentiment.SentimentArguments(
-        prompts_dataset=str(path), prompts_column="review", min_prompt_chars=20, query_min_length=2, query_max_length=5
-    )
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = sentiment.read_prompts(args, tokenizer, seed=0)
-    assert len(prompts) == 12
-    assert all(2 <= len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= 5 for p in prompts)
-    assert prompts == sentiment.read_prompts(args, tokenizer, seed=0)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 
 def test_two_process_ppo_keeps_ranks_in_sync(tiny_model_dir, tmp_path):
     """Two CPU processes (torchrun, gloo): gradients and statistics are averaged over ranks."""
