@@ -1,5 +1,6 @@
 """The built wheel carries every config and every bundled file, and an installed copy finds them by short name."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,18 +19,14 @@ pytestmark = pytest.mark.subprocess
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        str(ROOT),
-        "--no-deps",
-        "--no-build-isolation",
-        "-q",
-        "-w",
-        str(out),
-    ]
+    source = out / "source"  # a copy of the tracked files: the build's build/ and egg-info stay out of the checkout
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q"]
+    command += ["-w", str(out)]
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     (built,) = out.glob("stackrlhf-*.whl")
     return built
@@ -38,11 +35,12 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_every_config_and_bundled_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     package = ROOT / "stackrlhf"
+    tracked = subprocess.run(["git", "ls-files", "stackrlhf"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     expected = {
         path.relative_to(ROOT).as_posix()
         for folder in PACKAGE_DATA
         for path in (package / folder).rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
+        if path.relative_to(ROOT).as_posix() in tracked
     }
     assert {
         f"stackrlhf/configs/{path.relative_to(CONFIG_DIR).as_posix()}" for path in shipped_configs().values()
