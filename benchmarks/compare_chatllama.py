@@ -32,6 +32,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module machine
+
 RESULTS = Path(__file__).parent / "results"
 PHASES = ("generate", "score", "optimise")
 
@@ -332,17 +334,10 @@ def machine() -> dict:
     import torch
     import transformers
     import trl
+    from machine import cpu_name
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor() or platform.machine(),
-    )
     info = {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

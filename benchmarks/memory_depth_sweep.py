@@ -325,12 +325,10 @@ def select(args: argparse.Namespace) -> list[SweepConfig]:
 
 def environment() -> dict:
     """The machine (CPU model, cores, torch threads, AVX-512 BF16) and library versions."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor() or platform.machine()
-    flags = next((line for line in cpuinfo if line.startswith("flags")), "")
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "avx512_bf16": "avx512_bf16" in flags, "python": platform.python_version()}  # fmt: skip
+    from machine import cpu_name, has_avx512_bf16
+
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "avx512_bf16": has_avx512_bf16(), "python": platform.python_version()}  # fmt: skip
     info.update({name: version(name) for name in single.LIBRARIES})
     git = ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, capture_output=True, text=True).stdout.strip()

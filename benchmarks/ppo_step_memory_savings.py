@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the sibling scripts memory_single_gpu and memory_depth_sweep
+
+from machine import cpu_name  # noqa: E402
+
 TRACKER = ROOT / "stackrlhf" / "memory" / "tracker.py"
 GIB = 2**30
 CASES = [
@@ -89,15 +91,6 @@ def run_one(model: str, layers: int, query_length: int, response_length: int, mo
     return {"peak_bytes": tracker.peak_bytes, "baseline_bytes": tracker.baseline_bytes}
 
 
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def measure_side(checkout: Path, model_dir: Path, models: set[str]) -> dict:
     results = {}
     for model, query_length, response_length, depth in CASES:
@@ -144,7 +137,7 @@ def main() -> int:
     previous = json.loads(saved.read_text()) if saved.exists() and args.models else {}
     before = {**previous.get("before_results", {}), **measure_side(args.before.resolve(), args.model_dir, models)}
     after = {**previous.get("after_results", {}), **measure_side(ROOT, args.model_dir, models)}
-    machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, torch's default threads"
+    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch's default threads"
     lines = [
         "# One PPO step's peak memory (LoRA r=16 on an 8-bit base, batch 1): before and after the lean step",
         "",

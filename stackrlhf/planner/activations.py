@@ -12,7 +12,7 @@ The coefficients are counts of `(tokens, h)` and `(tokens, I)` buffers alive at 
 
 from __future__ import annotations
 
-from stackrlhf.planner.counting import ModelDims
+from stackrlhf.planner.inventory import ModelDims
 
 FLOAT32_BYTES = 4
 HEAD_CHUNK_ELEMENTS = 2**22

@@ -42,14 +42,3 @@ def load_model_config(model: str) -> PretrainedConfig:
             f"model {model!r}: no bundled config and cannot load one ({first_line(err)}); bundled models: "
             f"{', '.join(bundled_models())}, or give a local directory with a config.json."
         ) from err
-
-
-def model_context_length(model: str) -> int | None:
-    """The longest sequence `model` takes (`max_position_embeddings`, GPT-2's `n_positions`), or None when its config
-    does not say (the recipes then fall back to the tokenizer's `model_max_length`).
-
-    Raises:
-        ConfigError: as `load_model_config`.
-    """
-    context = getattr(load_model_config(model), "max_position_embeddings", None)
-    return context if isinstance(context, int) and context > 0 else None

@@ -9,8 +9,6 @@ embeddings as `from_pretrained` would, and records what the memory formulas need
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from accelerate import init_empty_weights
@@ -19,76 +17,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-ModelHead = Literal["causal_lm", "sequence_classification"]
-
-
-@dataclass(frozen=True)
-class LinearLayer:
-    """One linear layer: `name` (qualified module name), weight `(out_features, in_features)`, and a bias or not."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool
-
-    @property
-    def short_name(self) -> str:
-        """The last part of the name (`q_proj`), as LoRA `target_modules` match it."""
-        return self.name.rsplit(".", 1)[-1]
-
-
-@dataclass(frozen=True)
-class ModelDims:
-    """The sizes the activation and KV-cache formulas use (all counts of elements, not bytes).
-
-    Attributes:
-        hidden: model width h. layers: transformer blocks. heads: query heads. kv_dim: width of the keys (and of
-        the values) per token, `kv_heads * head_dim` (smaller than h under grouped- or multi-query attention).
-        intermediate: feed-forward width I. vocab: output vocabulary V. gated_mlp: SwiGLU-style MLP
-        (`down(act(gate(x)) * up(x))`, Llama, Mistral) rather than `fc2(act(fc1(x)))`. activation: the MLP's
-        activation function as the config names it (`hidden_act` / `activation_function`, e.g. silu, gelu_new).
-        largest_linear: elements `out * in` of the largest linear layer inside the blocks (what bitsandbytes
-        dequantizes at once).
-    """
-
-    hidden: int
-    layers: int
-    heads: int
-    kv_dim: int
-    intermediate: int
-    vocab: int
-    gated_mlp: bool
-    activation: str = "gelu"
-    largest_linear: int = 0
-
-
-@dataclass(frozen=True)
-class ModelInventory:
-    """What the meta-device model holds.
-
-    Attributes:
-        params_total: `sum(p.numel() for p in model.parameters())` (tied weights once).
-        parameter_shapes: the shape of every parameter tensor (what a full fine-tune's optimizer holds).
-        linear_layers: every `nn.Linear` / `Conv1D`, in module order.
-        quantized_layers: names of the linear layers bitsandbytes replaces (transformers' own rules: not the output
-            embeddings, the last module, tied weights or `_keep_in_fp32_modules`).
-        buffer_bytes: bytes of the registered buffers (rotary frequencies, ...), as created (float32).
-        dims: sizes for the activation formulas.
-        architecture: the model class name.
-    """
-
-    params_total: int
-    parameter_shapes: tuple[tuple[int, ...], ...]
-    linear_layers: tuple[LinearLayer, ...]
-    quantized_layers: frozenset[str]
-    buffer_bytes: int
-    dims: ModelDims
-    architecture: str
-
-    @property
-    def linear_names(self) -> list[str]:
-        """Distinct short names of the linear layers (what `lora_target_modules` may name)."""
-        return sorted({layer.short_name for layer in self.linear_layers})
+from stackrlhf.planner.inventory import LinearLayer, ModelDims, ModelHead, ModelInventory
 
 
 def meta_model(config: PretrainedConfig, head: ModelHead = "causal_lm") -> torch.nn.Module:

@@ -17,16 +17,13 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
-
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from stackrlhf.errors import ConfigError
 from stackrlhf.planner import activations
-from stackrlhf.planner.configs import load_model_config, model_context_length
-from stackrlhf.planner.counting import LinearLayer, ModelHead, ModelInventory, inspect_model
+from stackrlhf.planner.inventory import LinearLayer, ModelInventory
 from stackrlhf.planner.quantization import weight_bytes
+from stackrlhf.planner.records import model_record
 from stackrlhf.planner.settings import PlanSettings
 from stackrlhf.planner.training_state import lora_shapes, optimizer_state_bytes, tensor_bytes
 
@@ -299,7 +296,7 @@ def limit_bound(settings: PlanSettings, name: str) -> int:
     responses), when its config gives one; `MAX_BATCH_SEARCHED` for batches."""
     if name not in ("response_length", "sequence_length"):
         return MAX_BATCH_SEARCHED
-    context = model_context_length(settings.model)
+    context = model_record(settings.model).context_length
     room = None if context is None else context - (settings.query_length if name == "response_length" else 0)
     return room if room is not None and room >= 1 else MAX_LENGTH_SEARCHED
 
@@ -330,10 +327,12 @@ def lora_targets(inventory: ModelInventory, settings: PlanSettings) -> list[Line
     if names in (["all-linear"], "all-linear"):
         return [layer for layer in inventory.linear_layers if layer.name in inventory.quantized_layers]
     if not names:
-        model_type = load_model_config(settings.model).model_type
-        names = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+        record = model_record(settings.model)
+        names = record.default_lora_targets
         if not names:
-            raise ConfigError(f"no default LoRA targets for model type {model_type!r}: set lora_target_modules.")
+            raise ConfigError(
+                f"no default LoRA targets for model type {record.model_type!r}: set lora_target_modules."
+            )
     missing = sorted(set(names) - set(inventory.linear_names))
     if missing:
         raise ConfigError(
@@ -373,7 +372,5 @@ def _other_models_bytes(settings: PlanSettings, frozen_float_bytes: int, trained
     return total
 
 
-@lru_cache(maxsize=32)
 def _inventory(model: str, role: str) -> ModelInventory:
-    head: ModelHead = "sequence_classification" if role == "reward" else "causal_lm"
-    return inspect_model(load_model_config(model), head)
+    return model_record(model).inventories["sequence_classification" if role == "reward" else "causal_lm"]

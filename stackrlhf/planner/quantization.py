@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # counting imports torch and transformers; the settings need only `Quantization`
-    from stackrlhf.planner.counting import ModelInventory
+    from stackrlhf.planner.inventory import ModelInventory
 
 Quantization = Literal["none", "bf16", "8bit", "4bit"]
 

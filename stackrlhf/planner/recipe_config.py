@@ -404,11 +404,9 @@ def _quantization(options: _Options, model: str) -> tuple[str, str]:
 
 
 def _checkpoint_dtype(model: str) -> str:
-    from stackrlhf.planner.configs import load_model_config
+    from stackrlhf.planner.records import model_record
 
-    config = load_model_config(model)
-    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-    name = str(value).removeprefix("torch.") if value is not None else "float32"
+    name = model_record(model).checkpoint_dtype
     return name if name in _DTYPES else "float32"
 
 
@@ -456,9 +454,9 @@ def _ppo_lengths(options: _Options, model: str, notes: list[str]) -> dict[str, i
             raise ConfigError(f"{options.source}: max_prompt_length must be at least 1, got {prompt}.")
         why = f"max_prompt_length {prompt}"
     else:
-        from stackrlhf.planner.configs import model_context_length
+        from stackrlhf.planner.records import model_record
 
-        context = model_context_length(model)
+        context = model_record(model).context_length
         if context is None:
             raise ConfigError(
                 f"{options.source}: max_prompt_length is unset and the config of {model} gives no context length: "
@@ -490,9 +488,9 @@ def _trainer_length(options: _Options, model: str, stage: str, notes: list[str])
         packed = stage == "sft" and options.get("packing", bool)
         notes.append(f"{what} of {'exactly' if packed else 'up to'} {length} tokens (max_length)")
         return length
-    from stackrlhf.planner.configs import model_context_length
+    from stackrlhf.planner.records import model_record
 
-    context = model_context_length(model)
+    context = model_record(model).context_length
     if context is None:
         raise ConfigError(f"{options.source}: max_length is unset and the config of {model} gives no context length.")
     notes.append(f"{what} up to {context} tokens (max_length unset: {model}'s context)")
