@@ -1,13 +1,31 @@
-"""Directories that appear whole or not at all: written under a temporary name, then renamed into place."""
+"""Outputs that appear whole or not at all: written under a temporary name beside their final place, then renamed.
+
+Every temporary name is `.staging-{name}.{pid}.{tag}`: the final name, the writing process's id and a random tag
+(`old` for a directory set aside while its replacement moves in). A process killed mid-write leaves such an entry
+behind; `remove_stale_staging` deletes the ones whose process is gone, and puts back a directory that was set aside
+when its replacement never arrived. Directories and files are created with the default modes, so the umask applies.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 STAGING_PREFIX = ".staging-"
+STAGING_PATTERN = re.compile(rf"{re.escape(STAGING_PREFIX)}(?P<name>.+?)(?:\.(?P<pid>\d+))?\.(?P<tag>[^.]+)")
+RETIRED_TAG = "old"
+
+
+def staging_path(directory: Path, name: str, tag: str | None = None) -> Path:
+    """A new temporary path in `directory` for `name`, owned by this process (random `tag` unless given)."""
+    return directory / f"{STAGING_PREFIX}{name}.{os.getpid()}.{tag or secrets.token_hex(4)}"
 
 
 def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], None]) -> Path:
@@ -17,12 +35,13 @@ def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], 
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}.", dir=output_dir))
+    staging = staging_path(output_dir, name)
+    staging.mkdir()
     try:
         write(staging)
         final = output_dir / name
         if final.exists():
-            retired = output_dir / f"{STAGING_PREFIX}{name}.old"
+            retired = staging_path(output_dir, name, RETIRED_TAG)
             shutil.rmtree(retired, ignore_errors=True)
             final.rename(retired)
             staging.rename(final)
@@ -32,3 +51,85 @@ def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], 
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_files_atomically(output_dir: str | Path, write: Callable[[Path], None]) -> list[Path]:
+    """Call `write(staging_dir)`, then move each entry it wrote into `output_dir`, replacing one of the same name.
+
+    Each file appears whole; a crash between two moves leaves some entries new and the others as they were. If `write`
+    raises, nothing in `output_dir` changes. Returns the final paths.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = staging_path(output_dir, "files")
+    staging.mkdir()
+    try:
+        write(staging)
+        moved = []
+        for entry in sorted(staging.iterdir()):
+            final = output_dir / entry.name
+            if entry.is_dir() and final.is_dir():
+                remove_atomically(final)
+            os.replace(entry, final)
+            moved.append(final)
+        return moved
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Replace the file `path` by `text` in one step: a reader (or a crash) sees the old file or the new one."""
+    path = Path(path)
+    staging = staging_path(path.parent, path.name)
+    try:
+        with staging.open("x", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def remove_atomically(path: str | Path) -> None:
+    """Delete the directory `path`: renamed out of sight first, so that no half-deleted copy is ever seen."""
+    path = Path(path)
+    doomed = staging_path(path.parent, path.name)
+    path.rename(doomed)
+    shutil.rmtree(doomed)
+
+
+def remove_stale_staging(output_dir: str | Path) -> list[str]:
+    """Clean up after processes killed while writing in `output_dir`; returns the final names concerned.
+
+    A staging entry whose process is gone (or whose name carries no process id: an older stackrlhf wrote it) is
+    deleted; a directory set aside for a replacement that never arrived is renamed back to its name. Entries of live
+    processes are left alone.
+    """
+    cleaned = []
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return cleaned
+    for path in sorted(directory.iterdir()):
+        match = STAGING_PATTERN.fullmatch(path.name)
+        if match is None or (match["pid"] and _is_alive(int(match["pid"]))):
+            continue
+        final = directory / match["name"]
+        if match["tag"] == RETIRED_TAG and path.is_dir() and not final.exists():
+            path.rename(final)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        cleaned.append(match["name"])
+    return cleaned
+
+
+def _is_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # called as a run starts: nothing of this process's is being written
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True

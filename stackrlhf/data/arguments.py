@@ -7,10 +7,11 @@ TrainingArguments (``dataset_name``, ``dataset_config``, ``seed``, ``data_seed``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stackrlhf.data.formats import DATASET_FORMATS, DatasetFormat, parse_column_mapping
-from stackrlhf.data.readers import BUNDLED_DATASET
-from stackrlhf.errors import ConfigError
+from stackrlhf.data.readers import BUNDLED_DATASET, looks_like_hub_name
+from stackrlhf.errors import ConfigError, DataError
 
 
 @dataclass
@@ -108,3 +109,16 @@ class DataArguments:
             raise ConfigError("dataset_streaming needs max_samples: how many rows to read from the stream")
         if self.eval_samples < 0:
             raise ConfigError(f"eval_samples must not be negative, got {self.eval_samples}")
+
+
+def check_dataset_path(args: DataArguments) -> None:
+    """A local `dataset_path` exists (a Hub name passes: loading it tells); run where the options are parsed, so a
+    typo is reported before any model loads.
+
+    Raises:
+        DataError: a path that is not the bundled sample, not a Hub name and not on disk.
+    """
+    if args.dataset_path == BUNDLED_DATASET or looks_like_hub_name(args.dataset_path):
+        return
+    if not Path(args.dataset_path).expanduser().exists():
+        raise DataError(f"{args.dataset_path}: no such file")

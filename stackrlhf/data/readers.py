@@ -80,7 +80,7 @@ def open_source(
     if path == BUNDLED_DATASET:
         return read_file(BUNDLED_FILE, name=BUNDLED_FILE.name)
     local = Path(path).expanduser()
-    if local.is_dir() or (not local.exists() and _looks_like_hub_name(path)):
+    if local.is_dir() or (not local.exists() and looks_like_hub_name(path)):
         return _read_datasets(path, subset=subset, data_dir=data_dir, split=split, streaming=streaming)
     if subset or data_dir:
         raise ConfigError(f"{path}: a dataset subset or data_dir only applies to Hub datasets and local folders")
@@ -142,7 +142,7 @@ def _file_type(path: Path) -> tuple[str | None, bool]:
     return file_type, compressed
 
 
-def _looks_like_hub_name(path: str) -> bool:
+def looks_like_hub_name(path: str) -> bool:
     """Whether a path that doesn't exist locally reads as ``"name"`` or ``"owner/name"`` rather than a file name."""
     return bool(_HUB_NAME.fullmatch(path)) and _file_type(Path(path))[0] is None and not path.endswith(".gz")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from stackrlhf.errors import ConfigError
+
 TINY_MODEL = "stackrlhf/stories260K"
 """The name that selects the bundled stories260K model wherever a `model_name_or_path` is accepted."""
 
@@ -31,8 +33,21 @@ def resolve_model_name_or_path(name: str) -> str:
 
 
 def cache_root() -> Path:
-    """stackrlhf's cache directory: `$STACKRLHF_CACHE`, else `$XDG_CACHE_HOME/stackrlhf`, else ~/.cache/stackrlhf."""
+    """stackrlhf's cache directory: `$STACKRLHF_CACHE`, else `$XDG_CACHE_HOME/stackrlhf`, else ~/.cache/stackrlhf.
+
+    Raises:
+        ConfigError: the directory, or the nearest of its parents that exists, is not a directory (a file).
+    """
     if os.environ.get("STACKRLHF_CACHE"):
-        return Path(os.environ["STACKRLHF_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "stackrlhf"
+        root, source = Path(os.environ["STACKRLHF_CACHE"]).expanduser(), "STACKRLHF_CACHE"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root, source = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "stackrlhf", "XDG_CACHE_HOME"
+    else:
+        root, source = Path.home() / ".cache" / "stackrlhf", "HOME"
+    existing = next((path for path in (root, *root.parents) if path.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(
+            f"the stackrlhf cache directory {root} (from ${source}) cannot be created: {existing} is not a "
+            "directory; point STACKRLHF_CACHE at a directory."
+        )
+    return root

@@ -5,15 +5,14 @@ SentencePiece BPE vocabulary as a flat list of (score, bytes). `convert_llama2c`
 that `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` load: a `LlamaForCausalLM` in
 safetensors and a fast (`tokenizers`) BPE tokenizer that encodes exactly like llama2.c's `encode` in run.c.
 
-`convert_llama2c_cached` converts once into the user cache; `stackrlhf.models.bundled` uses it for the bundled tiny
-model.
+`convert_llama2c_cached` converts once into the user cache (a `stackrlhf.cache` entry: shared by concurrent processes,
+checked before each use); `stackrlhf.models.bundled` uses it for the bundled tiny model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import secrets
@@ -28,10 +27,9 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, processors
 from tokenizers.models import BPE
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from stackrlhf.cache import check_model, ensure_entry, read_json
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import cache_root
-
-logger = logging.getLogger(__name__)
 
 CONVERTER_VERSION = 1
 """Bumped whenever the converter's output changes, so cached conversions are rebuilt."""
@@ -380,7 +378,14 @@ def convert_llama2c(checkpoint: str | Path, tokenizer: str | Path, output_dir: s
             f"output_dir {output_dir} exists and is neither empty nor an earlier llama2.c conversion; "
             "choose another directory."
         )
-    staging = _convert_into_staging(Path(checkpoint), Path(tokenizer), output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(output_dir, "tmp")
+    staging.mkdir()  # unlike tempfile.mkdtemp (mode 0700), this honours the umask the final directory should get
+    try:
+        write_conversion(staging, str(checkpoint), str(tokenizer))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if output_dir.exists():
         old = _sibling(output_dir, "old")
         os.replace(output_dir, old)
@@ -395,60 +400,57 @@ def convert_llama2c_cached(checkpoint: str | Path, tokenizer: str | Path) -> Pat
     """Convert once into the cache directory and return the converted directory; later calls reuse it.
 
     The directory is `cache_root() / "llama2c" / f"{checkpoint stem}-{key}"`, where `key` hashes both files and
-    `CONVERTER_VERSION`. Concurrent callers each build a private copy and rename it into place; whoever loses the
-    race discards its copy and uses the winner's.
+    `CONVERTER_VERSION`. It is a `stackrlhf.cache` entry: any number of processes may ask for it at once (one
+    converts, the others wait), and a broken one (a file missing, truncated or changed, a config, weights or
+    tokenizer that does not parse) is rebuilt with a warning.
 
     Raises:
-        ConfigError: see `convert_llama2c`.
+        ConfigError: see `convert_llama2c`; also a cache directory that cannot be created.
     """
     checkpoint, tokenizer = Path(checkpoint), Path(tokenizer)
     _check_file(checkpoint, f"llama2.c checkpoint {checkpoint}")
     _check_file(tokenizer, f"llama2.c tokenizer {tokenizer}")
     key = hashlib.sha256(f"{CONVERTER_VERSION}:{_sha256(checkpoint)}:{_sha256(tokenizer)}".encode()).hexdigest()
     target = cache_root() / "llama2c" / f"{checkpoint.stem}-{key[:12]}"
-    if target.is_dir():
-        return target
-    logger.info("Converting %s into %s (once)", checkpoint, target)
-    staging = _convert_into_staging(checkpoint, tokenizer, target)
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not target.is_dir():
-            raise
-    return target
+    return ensure_entry(
+        target,
+        write_conversion,
+        str(checkpoint.resolve()),
+        str(tokenizer.resolve()),
+        check=check_conversion,
+        what=f"conversion of {checkpoint.name}",
+    )
 
 
-def _convert_into_staging(checkpoint: Path, tokenizer: Path, target: Path) -> Path:
-    """Read and check both inputs, then write the conversion into a new temporary directory beside `target`."""
-    header, tensors = read_llama2c_checkpoint(checkpoint)
-    pieces = read_llama2c_tokenizer(tokenizer)
+def check_conversion(directory: Path) -> None:
+    """Raise `stackrlhf.cache.BrokenEntry` unless `directory` holds a conversion: model, tokenizer, provenance."""
+    check_model(directory)
+    read_json(directory, PROVENANCE_FILE, "converter_version")
+
+
+def write_conversion(directory: Path, checkpoint: str, tokenizer: str) -> None:
+    """Read and check both inputs, then write their conversion into the existing empty `directory`."""
+    checkpoint_path, tokenizer_path = Path(checkpoint), Path(tokenizer)
+    header, tensors = read_llama2c_checkpoint(checkpoint_path)
+    pieces = read_llama2c_tokenizer(tokenizer_path)
     if len(pieces) != header.vocab_size:
         raise ConfigError(
             f"llama2.c tokenizer {tokenizer}: {len(pieces)} tokens, but checkpoint {checkpoint} has vocab_size "
             f"{header.vocab_size}; pass the tokenizer the model was trained with."
         )
-    hf_tokenizer = build_tokenizer(pieces, header.seq_len, str(tokenizer))
+    hf_tokenizer = build_tokenizer(pieces, header.seq_len, tokenizer)
     model = build_model(header, tensors)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = _sibling(target, "tmp")
-    staging.mkdir()  # unlike tempfile.mkdtemp (mode 0700), this honours the umask the final directory should get
-    try:
-        model.save_pretrained(staging)
-        hf_tokenizer.save_pretrained(staging)
-        provenance = {
-            "converter_version": CONVERTER_VERSION,
-            "format_version": header.version,
-            "checkpoint": str(checkpoint.resolve()),
-            "checkpoint_sha256": _sha256(checkpoint),
-            "tokenizer": str(tokenizer.resolve()),
-            "tokenizer_sha256": _sha256(tokenizer),
-        }
-        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return staging
+    model.save_pretrained(directory)
+    hf_tokenizer.save_pretrained(directory)
+    provenance = {
+        "converter_version": CONVERTER_VERSION,
+        "format_version": header.version,
+        "checkpoint": str(checkpoint_path.resolve()),
+        "checkpoint_sha256": _sha256(checkpoint_path),
+        "tokenizer": str(tokenizer_path.resolve()),
+        "tokenizer_sha256": _sha256(tokenizer_path),
+    }
+    (directory / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
 
 def _sibling(target: Path, tag: str) -> Path:

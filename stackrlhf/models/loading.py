@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from accelerate import PartialState, init_empty_weights
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -26,15 +27,18 @@ from transformers import (
 )
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from stackrlhf.errors import ConfigError, first_line
+from stackrlhf.errors import ConfigError, first_line, one_line
 from stackrlhf.models import bnb_cpu
-from stackrlhf.models.bundled import resolve_model_name_or_path
+from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
 
 logger = logging.getLogger(__name__)
 
 ModelTask = Literal["causal_lm", "sequence_classification"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+"""The files a saved PEFT adapter keeps its weights in (either one)."""
 
 
 @dataclass(frozen=True)
@@ -50,15 +54,118 @@ def read_adapter(path: str | Path) -> AdapterInfo | None:
     """Describe the PEFT adapter saved in `path`, or return None when `path` holds no `adapter_config.json`.
 
     The tokenizer comes from the adapter directory when the recipe saved one there, else from the base model.
+
+    Raises:
+        ConfigError: an `adapter_config.json` that is unreadable, not a JSON object or names no base model.
     """
     config_path = Path(path) / "adapter_config.json"
     if not config_path.is_file():
         return None
-    config = json.loads(config_path.read_text())
-    base_model = config["base_model_name_or_path"]
+    config = read_json(config_path)
+    base_model = config.get("base_model_name_or_path")
+    if not isinstance(base_model, str) or not base_model:
+        raise ConfigError(f"{config_path}: no base_model_name_or_path, so the adapter's base model is unknown.")
     task: ModelTask = "sequence_classification" if config.get("task_type") == "SEQ_CLS" else "causal_lm"
     has_tokenizer = (Path(path) / "tokenizer_config.json").is_file()
     return AdapterInfo(base_model=base_model, task=task, tokenizer_source=str(path) if has_tokenizer else base_model)
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in the file `path` (a config that transformers or peft saved).
+
+    Raises:
+        ConfigError: the file cannot be read, is not valid JSON or holds no JSON object; the message names it.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or one_line(err)}).") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}), so not a JSON config.") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}).") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(value).__name__}.")
+    return value
+
+
+def check_safetensors(path: Path) -> None:
+    """Open the safetensors file `path` (its header only: cheap even for a multi-gigabyte shard).
+
+    Raises:
+        ConfigError: the file is truncated or corrupt (its header does not cover the file); the message names it.
+    """
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{path}: not a readable safetensors file ({one_line(err)}); truncated or corrupt?") from err
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """`name` could be a Hugging Face Hub repository id (`name` or `owner/name`) rather than a local path."""
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith((".", "~")) and ".." not in name
+
+
+def check_model_path(name: str, option: str) -> None:
+    """Check a local model directory before anything loads; a Hub id that is no local path passes (loading tells).
+
+    Args:
+        name: the value of `--{option}`: a Hub id, `TINY_MODEL` or a local directory holding `config.json` (or a
+            PEFT adapter's `adapter_config.json`).
+        option: the option's name, for the message.
+
+    Raises:
+        ConfigError: a missing local path, a file, a directory without config.json, a config that is not valid
+            JSON, or a truncated safetensors checkpoint.
+    """
+    if name == TINY_MODEL:
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if not looks_like_hub_id(name):
+            raise ConfigError(f"--{option} {name}: no such directory (and not a Hub id such as owner/name).")
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--{option} {name}: a file, not a model directory.")
+    if (path / "adapter_config.json").is_file():
+        check_adapter_dir(name, option)
+        return
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"--{option} {name}: no config.json in it, so not a transformers model directory.")
+    read_json(path / "config.json")
+    index = path / "model.safetensors.index.json"
+    shards = sorted(set(read_json(index).get("weight_map", {}).values())) if index.is_file() else []
+    for shard in ("model.safetensors", *shards):
+        if (path / shard).is_file():
+            check_safetensors(path / shard)
+
+
+def check_adapter_dir(name: str, option: str) -> AdapterInfo | None:
+    """Check a local PEFT adapter directory before anything loads: its config and its weights.
+
+    Returns:
+        The adapter, or None when `name` is no local directory (a Hub id: loading tells).
+
+    Raises:
+        ConfigError: a directory without adapter_config.json, a broken adapter_config.json, no weights file, or a
+            truncated adapter_model.safetensors; the message names the adapter, not its base.
+    """
+    path = Path(name).expanduser()
+    if not path.exists():
+        if not looks_like_hub_id(name):
+            raise ConfigError(f"--{option} {name}: no such directory.")
+        return None
+    adapter = read_adapter(path)
+    if adapter is None:
+        raise ConfigError(f"--{option} {name}: no adapter_config.json in it.")
+    weights = [path / file for file in ADAPTER_WEIGHTS if (path / file).is_file()]
+    if not weights:
+        raise ConfigError(f"--{option} {name}: the adapter has no weights ({' or '.join(ADAPTER_WEIGHTS)}).")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+    return adapter
 
 
 def check_model_config(model_args: ModelConfig, *, training: bool = False) -> None:
@@ -103,10 +210,8 @@ def load_tokenizer(model_args: ModelConfig, *, padding_side: str = "right") -> P
     name = resolve_model_name_or_path(model_args.model_name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=model_args.model_revision)
-    except OSError as err:
-        raise ConfigError(
-            f"model {model_args.model_name_or_path!r}: cannot load its tokenizer ({first_line(err)})"
-        ) from err
+    except (OSError, ValueError) as err:
+        raise _cannot_load(model_args.model_name_or_path, "its tokenizer", err) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is None:
         raise ConfigError(
             f"the tokenizer of {model_args.model_name_or_path} has neither a pad nor an EOS token, so batches "
@@ -168,8 +273,8 @@ def load_model(
         else:
             config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, num_labels=num_labels)
             model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
-    except OSError as err:
-        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({first_line(err)})") from err
+    except (OSError, ValueError, SafetensorError) as err:
+        raise _cannot_load(model_args.model_name_or_path, "it", err) from err
     # Adapters saved later record this name as their base: keep the name the user gave (e.g. the bundled
     # `stackrlhf/stories260K`) rather than the cache directory it resolved to.
     model.config._name_or_path = model.name_or_path = model_args.model_name_or_path
@@ -196,11 +301,18 @@ def skeleton_model(
         config = AutoConfig.from_pretrained(
             name, revision=model_args.model_revision, num_labels=1, trust_remote_code=trust_remote_code
         )
-    except OSError as err:
-        raise ConfigError(f"model {model_args.model_name_or_path!r}: cannot load it ({first_line(err)})") from err
+    except (OSError, ValueError) as err:
+        raise _cannot_load(model_args.model_name_or_path, "its config", err) from err
     auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     with init_empty_weights():
         return auto_class.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _cannot_load(name: str, what: str, err: Exception) -> ConfigError:
+    """One line for a model that failed to load: a missing local path says so (not the Hub's repo-id message)."""
+    if not Path(name).expanduser().exists() and not looks_like_hub_id(name):
+        return ConfigError(f"model {name!r}: cannot load {what}: no such directory.")
+    return ConfigError(f"model {name!r}: cannot load {what} ({first_line(err)})")
 
 
 def build_peft_config(model_args: ModelConfig, model: torch.nn.Module) -> LoraConfig | None:

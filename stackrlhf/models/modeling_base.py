@@ -19,13 +19,13 @@ Loading also reads `pytorch_model.bin` and `pytorch_model.bin.index.json` checkp
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Callable
 from copy import deepcopy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,14 +40,15 @@ from huggingface_hub.errors import (
 )
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.config import PeftConfig
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel, is_torch_npu_available, is_torch_xpu_available
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, one_line
 from stackrlhf.models import bnb_cpu
 from stackrlhf.models.bundled import resolve_model_name_or_path
+from stackrlhf.models.loading import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -269,10 +270,14 @@ class PreTrainedModelWrapper(nn.Module):
             return model if peft_config is None else _add_adapter(model, peft_config, kbit_kwargs)
         if peft_config is not None:
             logger.warning("`peft_config` argument ignored since a peft config file was found in %s", name)
-        with open(adapter_config) as f:
-            base_name = json.load(f)["base_model_name_or_path"]
+        base_name = read_json(Path(adapter_config)).get("base_model_name_or_path")
+        if not isinstance(base_name, str) or not base_name:
+            raise ConfigError(f"{adapter_config}: no base_model_name_or_path, so the adapter's base model is unknown.")
         base = cls._load_transformers_model(base_name, *model_args, **model_kwargs)
-        return PeftModel.from_pretrained(base, path, is_trainable=is_trainable, **hub_kwargs)
+        try:
+            return PeftModel.from_pretrained(base, path, is_trainable=is_trainable, **hub_kwargs)
+        except (OSError, SafetensorError) as err:
+            raise ConfigError(f"adapter {name}: cannot load it ({one_line(err)})") from err
 
     @classmethod
     def _load_transformers_model(cls, name: str, *model_args, **model_kwargs) -> PreTrainedModel:
@@ -330,10 +335,14 @@ class PreTrainedModelWrapper(nn.Module):
             The score head: a frozen `nn.Linear(hidden_size, num_labels)` on `current_device`, in the model's dtype.
 
         Raises:
-            ValueError: no adapter weights file, or no score head in it.
+            ValueError: no adapter weights file, or no score head in it; a `ConfigError` (one line naming the
+                adapter) when peft cannot load it (broken config, truncated weights).
         """
         was_training = pretrained_model.training
-        pretrained_model.load_adapter(adapter_model_id, adapter_name, is_trainable=False, token=token)
+        try:
+            pretrained_model.load_adapter(adapter_model_id, adapter_name, is_trainable=False, token=token)
+        except (OSError, ValueError, SafetensorError) as err:
+            raise ConfigError(f"reward adapter {adapter_model_id}: cannot load it ({one_line(err)})") from err
         pretrained_model.train(was_training)
 
         hub_kwargs = {"token": token} if token is not None else {}
@@ -541,10 +550,13 @@ def _find_file(name_or_path: str, filename: str, hub_kwargs: dict[str, Any]) -> 
 def _read_tensors(path: str, keep: Callable[[str], Any]) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors or torch checkpoint file whose names `keep` accepts (safetensors: only those are
     read)."""
-    if path.endswith(".safetensors"):
-        with safe_open(path, framework="pt") as f:
-            return {key: f.get_tensor(key) for key in f.keys() if keep(key)}
-    state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        if path.endswith(".safetensors"):
+            with safe_open(path, framework="pt") as f:
+                return {key: f.get_tensor(key) for key in f.keys() if keep(key)}
+        state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise ConfigError(f"{path}: cannot read its tensors ({one_line(err)}); truncated or corrupt?") from err
     return {key: tensor for key, tensor in state_dict.items() if keep(key)}
 
 
@@ -571,8 +583,7 @@ def _load_saved_modules(
             return _read_tensors(path, keep)
     for filename in _INDEX_FILES:
         if index := _find_file(name_or_path, filename, hub_kwargs):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = read_json(Path(index)).get("weight_map", {})
             state_dict = {}
             for shard in sorted({shard for key, shard in weight_map.items() if keep(key)}):
                 if (path := _find_file(name_or_path, shard, hub_kwargs)) is None:

@@ -24,9 +24,10 @@ from trl import ModelConfig
 from stackrlhf.core import set_seed
 from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt_dataset
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import load_tokenizer, read_adapter
+from stackrlhf.models.loading import check_adapter_dir, check_model_path, load_tokenizer, read_adapter, read_json
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
+from stackrlhf.recipes.validation import check_output_file
 from stackrlhf.rewards.build import build_reward, check_reward_source
 from stackrlhf.rewards.contract import check_rewards
 from stackrlhf.trainer.reporting import SUMMARY_FILE
@@ -58,6 +59,29 @@ class EvaluateArguments:
     )
 
 
+def check_arguments(eval_args: EvaluateArguments, data_args: DataArguments) -> None:
+    """The recipe's checks that need no model or data, run where the options are parsed (`--dry_run` too). A
+    `--policy_path` that does not exist yet passes (a dry run may precede the PPO run); loading it tells.
+
+    Raises:
+        ConfigError: a policy directory that is no adapter, both reward sources or a broken one, or a report
+            file that cannot be written.
+    """
+    if Path(eval_args.policy_path).exists():
+        if read_adapter(eval_args.policy_path) is None:
+            raise ConfigError(
+                f"--policy_path {eval_args.policy_path}: no adapter_config.json, so not a PPO output directory."
+            )
+        check_adapter_dir(eval_args.policy_path, "policy_path")
+    check_reward_source(eval_args.reward_adapter, eval_args.reward_model)
+    if eval_args.reward_model:
+        check_model_path(eval_args.reward_model, "reward_model")
+    if eval_args.output_file:
+        check_output_file(eval_args.output_file, "output_file")
+    elif Path(eval_args.policy_path).is_dir():
+        check_output_file(Path(eval_args.policy_path, EVALUATION_FILE), "policy_path")
+
+
 def reward_source(args: EvaluateArguments) -> tuple[str | None, str | None]:
     """`(reward_adapter, reward_model)`: the arguments', else the PPO run's own (its summary file), checked by
     `check_reward_source`.
@@ -68,7 +92,7 @@ def reward_source(args: EvaluateArguments) -> tuple[str | None, str | None]:
     reward_adapter, reward_model = args.reward_adapter, args.reward_model
     if not (reward_adapter or reward_model):
         summary_path = Path(args.policy_path, SUMMARY_FILE)
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = read_json(summary_path) if summary_path.is_file() else {}
         reward_adapter, reward_model = summary.get("reward_adapter"), summary.get("reward_model")
         if not (reward_adapter or reward_model):
             raise ConfigError(
@@ -176,6 +200,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "rewards and the policy's win rate, saved as JSON.",
         (EvaluateArguments, DataArguments),
         prog=prog,
+        check=check_arguments,
     )
 
 

@@ -19,7 +19,7 @@ from trl import ModelConfig
 
 from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
+from stackrlhf.models.loading import check_adapter_dir, check_model_path, load_model, load_tokenizer, read_adapter
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 
 
@@ -49,6 +49,24 @@ class MergeArguments:
         },
     )
     overwrite: bool = field(default=False, metadata={"help": "Replace --output_dir if it already exists."})
+
+
+def check_arguments(args: MergeArguments) -> None:
+    """The recipe's checks that need no model, run where the options are parsed (`--dry_run` too). Neither
+    `--adapter_path` nor `--output_dir` given passes here (a dry run shows the defaults); the merge itself needs both.
+
+    Raises:
+        ConfigError: one of `--adapter_path` and `--output_dir` without the other, a missing or broken adapter, a
+            missing or broken local base model, or an existing output without `--overwrite`.
+    """
+    if bool(args.adapter_path) != bool(args.output_dir):
+        raise ConfigError("merge needs --adapter_path and --output_dir.")
+    if args.adapter_path:
+        check_adapter_dir(args.adapter_path, "adapter_path")
+    if args.base_model_name_or_path:
+        check_model_path(args.base_model_name_or_path, "base_model_name_or_path")
+    if args.output_dir and Path(args.output_dir).exists() and not args.overwrite:
+        raise ConfigError(f"{args.output_dir} already exists: choose another --output_dir or pass --overwrite.")
 
 
 def merge_adapter(args: MergeArguments) -> Path:
@@ -96,6 +114,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "Merge a LoRA adapter into its base model and save a standalone safetensors model.",
         (MergeArguments,),
         prog=prog,
+        check=check_arguments,
     )
 
 

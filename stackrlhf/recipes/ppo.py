@@ -38,6 +38,7 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import (
     build_peft_config,
     check_model_config,
+    check_model_path,
     load_tokenizer,
     read_adapter,
     skeleton_model,
@@ -50,7 +51,7 @@ from stackrlhf.rewards.build import build_reward, check_reward_source
 from stackrlhf.trainer.ppo_config import PPOConfig
 from stackrlhf.trainer.ppo_trainer import PPOTrainer
 from stackrlhf.trainer.reporting import tensor_bytes
-from stackrlhf.trainer.rl_loop import RLLoopArguments, run_rl_loop
+from stackrlhf.trainer.rl_loop import RLLoopArguments, run_rl_loop, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +90,15 @@ def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model
     """Reject contradictory or incomplete settings before anything loads.
 
     Raises:
-        ConfigError: both or (with an explicit model) neither reward source, a reward adapter without LoRA, or a
-            reward adapter directory that is not one.
+        ConfigError: both or (with an explicit model) neither reward source, a reward adapter without LoRA, a
+            reward adapter directory that is not one (or lacks its weights), a missing or broken local model
+            directory, or 8-bit loading asked for a reward model that is not there.
     """
     check_reward_source(base_args.reward_adapter, ppo_config.reward_model)
+    if base_args.reward_model_load_in_8bit and not ppo_config.reward_model:
+        raise ConfigError("--reward_model_load_in_8bit applies to a separate --reward_model, and none is given.")
+    if ppo_config.reward_model:
+        check_model_path(ppo_config.reward_model, "reward_model")
     if model_args.model_name_or_path is None:
         if base_args.reward_adapter or ppo_config.reward_model:
             raise ConfigError(
@@ -112,6 +118,19 @@ def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model
         )
     if base_args.reward_adapter and not model_args.use_peft:
         raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
+    check_model_config(model_args, training=True)
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+
+
+def check_parsed(
+    data_args: DataArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    base_args: SharedBaseArguments,
+    loop_args: RLLoopArguments,
+) -> None:
+    """`check_arguments` on the recipe's parsed options, where they are parsed (`--dry_run` too)."""
+    check_arguments(base_args, ppo_config, model_args)
 
 
 def load_policy(
@@ -200,6 +219,7 @@ def train_ppo(
         sample_queries=sample_queries,
         summary=summary,
         extra_roles=extra_roles,
+        settings=run_settings(data_args, ppo_config, model_args, base_args, loop_args),
         **loop_hooks,
     )
 
@@ -229,6 +249,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         (DataArguments, PPOConfig, ModelConfig, SharedBaseArguments, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},
+        check=check_parsed,
     )
 
 

@@ -18,10 +18,13 @@ import evaluate
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from stackrlhf.data import DataArguments, to_reward_dataset
+from stackrlhf.errors import ConfigError
 from stackrlhf.metrics import PAIRWISE_ACCURACY
+from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.recipes.validation import check_trainer_checkpoint
 from stackrlhf.rewards.scorers import RewardScorer
 from stackrlhf.trainer.reporting import write_summary
 
@@ -32,11 +35,30 @@ def evaluate_pairwise_accuracy(scorer: RewardScorer, chosen: list[str], rejected
     return metric.compute(chosen_scores=scorer(chosen), rejected_scores=scorer(rejected))
 
 
+def check_arguments(data_args: DataArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
+    """The recipe's checks that need no model or data, run where the options are parsed (`--dry_run` too).
+
+    Raises:
+        ConfigError: conflicting model settings, a missing or broken local model directory, a
+            `--resume_from_checkpoint` that is no checkpoint, or evaluation during training (the held-out pairs
+            are scored once, after it).
+    """
+    check_model_config(model_args, training=True)
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    check_trainer_checkpoint(training_args.resume_from_checkpoint)
+    if training_args.eval_strategy != "no":
+        raise ConfigError(
+            f"--eval_strategy {training_args.eval_strategy.value}: the reward recipe scores its held-out pairs once, "
+            "after training, not during it; set --eval_strategy no."
+        )
+
+
 def train_reward_model(data_args: DataArguments, training_args: RewardConfig, model_args: ModelConfig) -> dict:
     """Train a reward model on the reward-pair shape of the data and save it to `training_args.output_dir`.
 
     Returns:
-        The summary written to `stackrlhf_summary.json`: base model, row counts and held-out pairwise accuracy.
+        The summary written to `stackrlhf_summary.json`: base model, row counts and held-out pairwise accuracy and
+        mean margin (None with `--eval_samples 0`: evaluation skipped).
     """
     prefer_reentrant_checkpointing(training_args, model_args)
     setup = prepare_training(
@@ -53,14 +75,16 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
 
-    held_out = to_reward_dataset(eval_pairs)
-    scorer = RewardScorer(
-        trainer.model,
-        tokenizer,
-        batch_size=training_args.per_device_eval_batch_size,
-        max_length=training_args.max_length,
-    )
-    metrics = evaluate_pairwise_accuracy(scorer, held_out["chosen"], held_out["rejected"])
+    metrics = {"accuracy": None, "mean_margin": None}
+    if len(eval_pairs):
+        held_out = to_reward_dataset(eval_pairs)
+        scorer = RewardScorer(
+            trainer.model,
+            tokenizer,
+            batch_size=training_args.per_device_eval_batch_size,
+            max_length=training_args.max_length,
+        )
+        metrics = evaluate_pairwise_accuracy(scorer, held_out["chosen"], held_out["rejected"])
     summary = {
         "stage": "reward",
         "base_model": model_args.model_name_or_path,
@@ -79,10 +103,14 @@ def main(data_args: DataArguments, training_args: RewardConfig, model_args: Mode
     """Entry point of `recipes/reward_stackllama.py` and `stackrlhf reward`."""
     report_memory_plan("reward", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_reward_model(data_args, training_args, model_args)
+    held_out = (
+        f"held-out pairwise accuracy {summary['eval_accuracy']:.3f} on {summary['eval_rows']} pairs (mean margin "
+        f"{summary['eval_mean_margin']:.3f})"
+        if summary["eval_accuracy"] is not None
+        else "evaluation skipped (--eval_samples 0)"
+    )
     print(
-        f"reward model done: {summary['train_rows']} training pairs; held-out pairwise accuracy "
-        f"{summary['eval_accuracy']:.3f} on {summary['eval_rows']} pairs (mean margin "
-        f"{summary['eval_mean_margin']:.3f}); saved to {training_args.output_dir}"
+        f"reward model done: {summary['train_rows']} training pairs; {held_out}; saved to {training_args.output_dir}"
     )
     return summary
 
@@ -95,6 +123,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "Reward modelling (StackLLaMA stage 2) with TRL's RewardTrainer, LoRA and 8/4-bit loading.",
         (DataArguments, RewardConfig, ModelConfig),
         prog=prog,
+        check=check_arguments,
     )
 
 

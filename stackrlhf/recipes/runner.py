@@ -21,6 +21,8 @@ from trl import TrlParser
 
 from stackrlhf.configs import offline_config, read_config, resolve_config
 from stackrlhf.errors import ConfigError, StackRLHFError, one_line
+from stackrlhf.outputs import guard_run_outputs
+from stackrlhf.recipes.validation import validate_arguments, validate_options
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,14 @@ class RunArguments:
             "YAML and exit without loading any model or data."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Training recipes (sft, reward, ppo, sentiment): delete the outputs of an earlier run found in "
+            "--output_dir (statistics, samples, checkpoints, model files; nothing else) before starting. Without it, "
+            "such a directory is refused unless the run resumes with --resume_from_checkpoint."
+        },
+    )
 
 
 def recipe_parser(
@@ -47,13 +57,15 @@ def recipe_parser(
     defaults: str | None = None,
     prog: str | None = None,
     help_overrides: dict[str, str] | None = None,
+    check: Callable[..., None] | None = None,
 ) -> TrlParser:
     """Build a recipe's parser, standalone or as `stackrlhf <name>`: its dataclasses plus `RunArguments`.
 
     `defaults` names the config (by default `tiny/<name>` when it exists) whose values replace the dataclass
     defaults: TRL's defaults target big GPUs, ours make a no-argument run work offline, and `--help` shows them.
     `help_overrides` rewords the help of options a recipe gives a new meaning. A `--config` and command-line flags
-    override the defaults in turn.
+    override the defaults in turn. `check(*dataclasses)` is the recipe's own check of its parsed options (conflicts,
+    files that must exist; no model or data loading): every parse runs it, `--dry_run` too (see `validation`).
     """
     types = (*dataclass_types, RunArguments)
     if subparsers is not None:
@@ -68,6 +80,7 @@ def recipe_parser(
     for action in parser._actions:
         if help_overrides and action.dest in help_overrides:
             action.help = help_overrides[action.dest]
+    parser.recipe_check = check
     return parser
 
 
@@ -106,18 +119,27 @@ def parse_config(parser: TrlParser, config: str | None = None, **overrides: Any)
 
 def _parse(parser: TrlParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+    config: dict[str, Any] = {}
+    config_path, command_line = None, argv
+    if "--config" in argv:
         at = argv.index("--config") + 1
-        argv[at] = str(resolve_config(argv[at]))  # a short name (llama-2-7b/ppo) becomes the shipped file's path
-        read_config(argv[at])  # a missing, unreadable or malformed file is one clear line before TRL reads it
+        if at == len(argv):
+            raise ConfigError("--config needs a value: a YAML file or a shipped config's short name.")
+        config_path = argv[at] = str(resolve_config(argv[at]))  # a short name becomes the shipped file's path
+        config = read_config(config_path)  # a missing, unreadable or malformed file is one clear line before TRL
+        command_line = argv[: at - 1] + argv[at + 1 :]
+    parser.exit_on_error = False  # a bad flag or value is a ConfigError, not argparse's usage text and exit
+    validate_options(parser, command_line, config, config_path)
     try:
-        return parser.parse_args_and_config(argv)
+        arguments = parser.parse_args_and_config(argv)
     except FileNotFoundError as err:
         raise ConfigError(f"config file {err.filename!r} does not exist.") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"config file is not valid YAML: {one_line(err)}") from err
     except (ValueError, TypeError) as err:
         raise ConfigError(one_line(err)) from err
+    validate_arguments(arguments[:-1], getattr(parser, "recipe_check", None))
+    return arguments
 
 
 def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
@@ -131,6 +153,7 @@ def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] 
         if run_args.dry_run:
             print(dump_config(*arguments))
         else:
+            guard_run_outputs(arguments, overwrite=run_args.overwrite_output_dir)
             main(*arguments)
     except StackRLHFError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
@@ -22,7 +23,8 @@ from trl import ModelConfig
 
 from stackrlhf.core import set_seed
 from stackrlhf.data.prompts import PromptArguments, prompt_budget, read_prompts, tokenize_prompts
-from stackrlhf.models.loading import check_model_config, load_tokenizer
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.loading import check_model_config, check_model_path, load_tokenizer
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.ppo import load_policy
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
@@ -30,7 +32,7 @@ from stackrlhf.rewards.build import build_sentiment_reward
 from stackrlhf.trainer.ppo_config import PPOConfig
 from stackrlhf.trainer.ppo_trainer import PPOTrainer
 from stackrlhf.trainer.reporting import tensor_bytes
-from stackrlhf.trainer.rl_loop import RLLoopArguments, run_rl_loop
+from stackrlhf.trainer.rl_loop import RLLoopArguments, run_rl_loop, run_settings
 
 REWARD_MODEL_HELP = (
     "A transformers sentiment classifier whose positive-class logit is the reward, e.g. lvwerra/distilbert-imdb "
@@ -53,6 +55,26 @@ class SentimentArguments(PromptArguments):
             "TRL 0.11.4's default); false keeps them in --dtype, as the 20B write-up kept its embeddings 16-bit."
         },
     )
+
+
+def check_arguments(
+    sentiment_args: SentimentArguments,
+    ppo_config: PPOConfig,
+    model_args: ModelConfig,
+    loop_args: RLLoopArguments,
+) -> None:
+    """The recipe's checks that need no model or data, run where the options are parsed (`--dry_run` too).
+
+    Raises:
+        ConfigError: conflicting model settings, a missing or broken local model or classifier directory, or a
+            missing prompts file.
+    """
+    check_model_config(model_args, training=True)
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    if ppo_config.reward_model:
+        check_model_path(ppo_config.reward_model, "reward_model")
+    if sentiment_args.prompts_file and not Path(sentiment_args.prompts_file).expanduser().is_file():
+        raise ConfigError(f"--prompts_file {sentiment_args.prompts_file}: no such file.")
 
 
 def train_sentiment(
@@ -86,6 +108,7 @@ def train_sentiment(
         sample_queries=heldout[: loop_args.num_sample_prompts],
         summary={"base_model": model_args.model_name_or_path, "design": "shared base (LoRA policy)"},
         extra_roles=extra_roles,
+        settings=run_settings(sentiment_args, ppo_config, model_args, loop_args),
         **loop_hooks,
     )
 
@@ -111,6 +134,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},
+        check=check_arguments,
     )
 
 

@@ -17,10 +17,31 @@ import math
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
+from stackrlhf.errors import ConfigError
+from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.recipes.validation import check_trainer_checkpoint
 from stackrlhf.trainer.reporting import write_summary
+
+
+def check_arguments(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    """The recipe's checks that need no model or data, run where the options are parsed (`--dry_run` too).
+
+    Raises:
+        ConfigError: conflicting model settings, a missing or broken local model directory, a
+            `--resume_from_checkpoint` that is no checkpoint, or evaluation during training with no held-out rows
+            (`--eval_samples 0`).
+    """
+    check_model_config(model_args, training=True)
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    check_trainer_checkpoint(training_args.resume_from_checkpoint)
+    if data_args.eval_samples == 0 and training_args.eval_strategy != "no":
+        raise ConfigError(
+            f"--eval_strategy {training_args.eval_strategy.value} evaluates during training, but --eval_samples 0 "
+            "holds out no rows: set --eval_strategy no or hold out rows."
+        )
 
 
 def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: ModelConfig) -> dict:
@@ -28,7 +49,8 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
 
     Returns:
         The summary written to `stackrlhf_summary.json`: base model, adapter or not, row counts, eval loss and
-        perplexity on the held-out rows, and one sample answer.
+        perplexity on the held-out rows (None with `--eval_samples 0`: evaluation skipped), and one sample answer
+        (to a held-out prompt, else to a training one).
     """
     prefer_reentrant_checkpointing(training_args, model_args)
     setup = prepare_training(data_args, model_args, trust_remote_code=training_args.trust_remote_code)
@@ -37,12 +59,12 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         model=setup.model,
         args=training_args,
         train_dataset=to_sft_dataset(train_pairs),
-        eval_dataset=to_sft_dataset(eval_pairs),
+        eval_dataset=to_sft_dataset(eval_pairs) if len(eval_pairs) else None,
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    eval_loss = trainer.evaluate()["eval_loss"]
+    eval_loss = trainer.evaluate()["eval_loss"] if len(eval_pairs) else None
     trainer.save_model(training_args.output_dir)
 
     summary = {
@@ -52,8 +74,10 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         "train_rows": len(train_pairs),
         "eval_rows": len(eval_pairs),
         "eval_loss": eval_loss,
-        "eval_perplexity": math.exp(min(eval_loss, 50.0)),
-        "sample": _sample_answer(trainer, to_prompt_dataset(eval_pairs)[0]["query"]),
+        "eval_perplexity": None if eval_loss is None else math.exp(min(eval_loss, 50.0)),
+        "sample": _sample_answer(
+            trainer, to_prompt_dataset(eval_pairs if len(eval_pairs) else train_pairs)[0]["query"]
+        ),
     }
     if trainer.accelerator.is_main_process:
         write_summary(training_args.output_dir, summary)
@@ -75,10 +99,12 @@ def main(data_args: DataArguments, training_args: SFTConfig, model_args: ModelCo
     """Entry point of `recipes/sft_stackllama.py` and `stackrlhf sft`."""
     report_memory_plan("sft", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_sft(data_args, training_args, model_args)
-    print(
-        f"SFT done: {summary['train_rows']} training rows, held-out loss {summary['eval_loss']:.3f} "
-        f"(perplexity {summary['eval_perplexity']:.1f}); saved to {training_args.output_dir}"
+    held_out = (
+        f"held-out loss {summary['eval_loss']:.3f} (perplexity {summary['eval_perplexity']:.1f})"
+        if summary["eval_loss"] is not None
+        else "evaluation skipped (--eval_samples 0)"
     )
+    print(f"SFT done: {summary['train_rows']} training rows, {held_out}; saved to {training_args.output_dir}")
     print(f"sample: {summary['sample']['query']!r} -> {summary['sample']['answer']!r}")
     return summary
 
@@ -91,6 +117,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         "Supervised fine-tuning (StackLLaMA stage 1) with TRL's SFTTrainer, LoRA and 8/4-bit loading.",
         (DataArguments, SFTConfig, ModelConfig),
         prog=prog,
+        check=check_arguments,
     )
 
 

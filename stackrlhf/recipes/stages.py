@@ -5,27 +5,26 @@ tiny model: the SFT recipe with `tiny/sft`, a merge of its adapter (the SFT mode
 reference), and the reward recipe with `tiny/reward` on the merged model (so its adapter fits that same base). Each
 stage's output is reused when it is already in the cache (`$STACKRLHF_CACHE/pipeline/<key>`, where the key hashes the
 stage configs, so editing one rebuilds the stages).
+
+Each stage is a `stackrlhf.cache` entry: any number of processes can start from a cold cache (one builds each stage,
+the others wait for it), a stage is checked before it is used, and a broken one is rebuilt with a warning. A process
+that is one of several builds a stage in a single-process child, so the stages are those a single process builds
+whatever the launch (data-parallel training would change them, and the cache key does not know the launch).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
-
-from stackrlhf.atomic import write_atomically
+from stackrlhf.cache import BrokenEntry, check_adapter, check_model, ensure_entry
 from stackrlhf.configs import resolve_config
-from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import cache_root
 from stackrlhf.recipes import merge, reward, sft
 from stackrlhf.recipes.runner import parse_config, recipe_parser
-
-logger = logging.getLogger(__name__)
 
 PIPELINE_VERSION = "v2"
 SFT_CONFIG = "tiny/sft"
@@ -62,53 +61,56 @@ def pipeline_cache() -> Path:
 def offline_stages(cache: Path | None = None) -> StageOutputs:
     """Build (or reuse) the SFT adapter, the merged SFT model and the reward adapter on the bundled data.
 
+    Any number of processes may call it at once: each stage is built by one of them, in a single-process child when
+    they are several, while the others wait; all return the same stages.
+
     Raises:
-        ConfigError: a stage is missing and this is one of several processes (build it in one process first).
+        ConfigError: the cache directory cannot be created, or a stage's recipe rejects its configuration.
     """
     cache = cache or pipeline_cache()
     outputs = StageOutputs(cache / "sft", cache / "sft-merged", cache / "reward")
-    missing = [path for path in vars(outputs).values() if not path.is_dir()]
-    if missing and PartialState().num_processes > 1:
-        raise ConfigError(
-            f"the offline SFT and reward stages are not built yet ({missing[0]} is missing); build them once "
-            "with one process (`stackrlhf stages`), or pass --model_name_or_path and --reward_adapter."
-        )
-    _build(
-        outputs.sft_adapter, "SFT", lambda out: sft.main(*parse_config(sft.make_parser(), SFT_CONFIG, output_dir=out))
-    )
-    _build(
-        outputs.sft_merged,
-        "merge",
-        lambda out: merge.main(
-            *parse_config(merge.make_parser(), adapter_path=str(outputs.sft_adapter), output_dir=out)
-        ),
-    )
-    _build(
-        outputs.reward_adapter,
-        "reward",
-        lambda out: reward.main(
-            *parse_config(
-                reward.make_parser(), REWARD_CONFIG, model_name_or_path=str(outputs.sft_merged), output_dir=out
-            )
-        ),
+    ensure_entry(outputs.sft_adapter, build_sft, check=check_adapter, what="SFT stage")
+    ensure_entry(outputs.sft_merged, build_merged, str(outputs.sft_adapter), check=check_model, what="merge stage")
+    ensure_entry(
+        outputs.reward_adapter, build_reward, str(outputs.sft_merged), check=check_reward_adapter, what="reward stage"
     )
     return outputs
 
 
-def _build(path: Path, stage: str, run: Callable[[str], object]) -> None:
-    if path.is_dir():  # stages appear by an atomic rename, so a directory is a complete stage
-        logger.info("Reusing the cached %s stage in %s.", stage, path)
-        return
-    logger.info("Running the %s stage into %s (cached for later runs).", stage, path)
-    # the stage writes into a staging directory that is renamed into place once complete
-    write_atomically(path.parent, path.name, lambda staging: _run_into(run, staging))
+def build_sft(directory: Path) -> None:
+    """The SFT stage: the SFT recipe with `SFT_CONFIG`, into `directory`."""
+    _run_into(directory, lambda out: sft.main(*parse_config(sft.make_parser(), SFT_CONFIG, output_dir=out)))
 
 
-def _run_into(run: Callable[[str], object], staging: Path) -> None:
-    target = staging / "out"  # merge wants a directory that does not exist yet
+def build_merged(directory: Path, sft_adapter: str) -> None:
+    """The merge stage: `sft_adapter` merged into its base, into `directory`."""
+    _run_into(
+        directory,
+        lambda out: merge.main(*parse_config(merge.make_parser(), adapter_path=sft_adapter, output_dir=out)),
+    )
+
+
+def build_reward(directory: Path, sft_merged: str) -> None:
+    """The reward stage: the reward recipe with `REWARD_CONFIG` on the merged SFT model, into `directory`."""
+    _run_into(
+        directory,
+        lambda out: reward.main(
+            *parse_config(reward.make_parser(), REWARD_CONFIG, model_name_or_path=sft_merged, output_dir=out)
+        ),
+    )
+
+
+def check_reward_adapter(directory: Path) -> None:
+    """A reward adapter: a PEFT adapter whose weights include the score head."""
+    if not any(".score." in key for key in check_adapter(directory)):
+        raise BrokenEntry("adapter_model.safetensors has no score head")
+
+
+def _run_into(directory: Path, run: Callable[[str], object]) -> None:
+    target = directory / "out"  # merge wants a directory that does not exist yet
     run(str(target))
     for item in target.iterdir():
-        item.rename(staging / item.name)
+        item.rename(directory / item.name)
     target.rmdir()
 
 
@@ -126,7 +128,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         subparsers,
         "stages",
         f"Build the offline SFT, merge and reward stages ({SFT_CONFIG}, {REWARD_CONFIG}) that a bare "
-        "`ppo_stackllama.py` run uses, once, into the cache; needed before a multi-process run without checkpoints.",
+        "`ppo_stackllama.py` run uses, once, into the cache (a run builds them itself when they are missing).",
         (StagesArguments,),
         prog=prog,
     )

@@ -11,13 +11,12 @@ The PPO and evaluation recipes both go through these, so a flag means the same i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import read_adapter
+from stackrlhf.models.loading import check_adapter_dir
 from stackrlhf.rewards.contract import RewardFunction
 from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
 from stackrlhf.rewards.sentiment import ClassifierSentimentReward, VaderSentimentReward
@@ -45,28 +44,20 @@ def check_reward_source(reward_adapter: str | None, reward_model: str | None) ->
     A `reward_adapter` that does not exist locally passes if it reads as a Hub id (``owner/name``); loading it tells.
 
     Raises:
-        ConfigError: both sources given; an adapter directory without adapter_config.json, a missing local path, or
-            an adapter of another task than sequence classification.
+        ConfigError: both sources given; a missing local path, an adapter directory without adapter_config.json, with
+            a broken one, without weights or with truncated ones (see `check_adapter_dir`), or an adapter of another
+            task than sequence classification.
     """
     if reward_adapter and reward_model:
         raise ConfigError("give either --reward_adapter (shared base) or --reward_model (separate model), not both.")
     if not reward_adapter:
         return
-    adapter = read_adapter(reward_adapter)
-    if adapter is None and Path(reward_adapter).exists():
-        raise ConfigError(f"--reward_adapter {reward_adapter}: no adapter_config.json in it.")
-    if adapter is None and not _looks_like_hub_id(reward_adapter):
-        raise ConfigError(f"--reward_adapter {reward_adapter}: no such directory.")
+    adapter = check_adapter_dir(reward_adapter, "reward_adapter")
     if adapter is not None and adapter.task != "sequence_classification":
         raise ConfigError(
             f"--reward_adapter {reward_adapter}: a {adapter.task} adapter, not a reward model's (SEQ_CLS with a score "
             "head)."
         )
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    parts = name.split("/")
-    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
 def build_reward(

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import ModelConfig
 
-from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import load_model, load_tokenizer, read_adapter
+from stackrlhf.errors import ConfigError, first_line
+from stackrlhf.models.loading import check_adapter_dir, load_model, load_tokenizer, read_adapter
 
 
 class RewardScorer:
@@ -62,8 +63,11 @@ class RewardScorer:
     ) -> RewardScorer:
         """Load a reward model: a directory from the reward recipe (adapter + score head), a merged model, or a Hub
         sequence-classification model.
+
+        Raises:
+            ConfigError: a broken adapter (config, weights) or a model that cannot be loaded; one line naming it.
         """
-        adapter = read_adapter(path)
+        adapter = check_adapter_dir(path, "reward_model") if read_adapter(path) else None
         model_args = ModelConfig(
             model_name_or_path=adapter.base_model if adapter else path,
             dtype=dtype,
@@ -72,7 +76,10 @@ class RewardScorer:
         )
         model = load_model(model_args, task="sequence_classification")
         if adapter is not None:
-            model = PeftModel.from_pretrained(model, path)
+            try:
+                model = PeftModel.from_pretrained(model, path)
+            except (OSError, ValueError, SafetensorError) as err:
+                raise ConfigError(f"reward model {path}: cannot load its adapter ({first_line(err)})") from err
         tokenizer = load_tokenizer(ModelConfig(model_name_or_path=adapter.tokenizer_source if adapter else path))
         return cls(model, tokenizer, batch_size=batch_size, max_length=max_length)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from stackrlhf.errors import ConfigError
+from stackrlhf.errors import ConfigError, one_line
 
 
 class VaderSentimentReward:
@@ -50,8 +50,8 @@ class ClassifierSentimentReward:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
             self.model = AutoModelForSequenceClassification.from_pretrained(model_name_or_path).to(device).eval()
-        except OSError as err:
-            raise ConfigError(f"--reward_model {model_name_or_path!r}: cannot load it ({err})") from err
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--reward_model {model_name_or_path!r}: cannot load it ({one_line(err)})") from err
         labels = {index: label.lower() for index, label in self.model.config.id2label.items()}
         positive = [index for index, label in labels.items() if label.startswith("pos") or label == "label_1"]
         if len(positive) != 1:

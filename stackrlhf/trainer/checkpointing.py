@@ -8,21 +8,29 @@ A checkpoint directory `checkpoint-{step}` holds
 * `trainer_state.json`: the loop position (next step), the number of processes, the caller's extra fields and,
   under `trainer`, the rest of the trainer's `state_dict()` (for `PPOTrainer`: its step counter, the KL
   controller's coefficient, the running score moments and the LR scheduler's state);
-* `rng_state_{rank}.safetensors` + `rng_state_{rank}.json`: each process's Python, NumPy and torch generators.
+* `rng_state_{rank}.safetensors` + `rng_state_{rank}.json`: each process's Python, NumPy and torch generators;
+* `manifest.json`, written last: the size in bytes and SHA-256 of every other file.
+
+`trainer_state.json` also records, under `settings`, the run's settings that shape its trajectory (batch sizes,
+learning rate, seed, model, reward, data, ...); a run resumes only a checkpoint written with the same ones.
 
 The trainer's own state comes from `trainer.state_dict()` and goes back through `trainer.load_state_dict()`; the
 trainable parameters (the model's) and the generators (the process's) are saved here.
 
 Nothing is unpickled on resume. The directory is assembled under a temporary name and renamed into place only when
 complete, so a crash during a save leaves every earlier checkpoint as it was, and a reader never sees half of one.
+Rotation renames a checkpoint out of sight before deleting it. A checkpoint damaged later (a file truncated, deleted
+or changed) no longer matches its manifest: `resolve_checkpoint("latest")` passes over it, with a warning, to the
+newest intact one. A checkpoint without a manifest (an older stackrlhf's) is not resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -31,51 +39,128 @@ import torch
 from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
-from stackrlhf.atomic import write_atomically
+from stackrlhf.atomic import remove_atomically, write_atomically
 from stackrlhf.errors import ConfigError
+from stackrlhf.outputs import writing
 from stackrlhf.trainer.protocol import RLTrainer
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
+LATEST = frozenset({"latest", "last", "true"})
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """The complete checkpoints in `output_dir`, oldest (lowest step) first."""
+def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every `checkpoint-{step}` directory in `output_dir`, intact or not, as (step, path), oldest first."""
     found = []
     for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
         match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-        if match and (path / TRAINER_STATE_FILE).is_file():
+        if match and path.is_dir():
             found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    return sorted(found)
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """The complete checkpoints in `output_dir` (every file of the manifest there, with its size), oldest first."""
+    return [path for _, path in numbered_checkpoints(output_dir) if checkpoint_problem(path, hashes=False) is None]
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the size (bytes) and SHA-256 of every file under `directory` in its `manifest.json`."""
+    files = {
+        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE
+    }
+    (directory / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def checkpoint_problem(checkpoint: Path, *, hashes: bool = True) -> str | None:
+    """Why `checkpoint` cannot be resumed as written (a file of its manifest missing, of another size or, with
+    `hashes`, of other contents), in a few words; None when it is intact."""
+    try:
+        files = json.loads((checkpoint / MANIFEST_FILE).read_text())["files"]
+        recorded = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE} (an unfinished save, or an older stackrlhf's checkpoint)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST_FILE} is unreadable"
+    for name, (size, _) in recorded.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+    if hashes:
+        for name, (_, sha256) in recorded.items():
+            if file_sha256(checkpoint / name) != sha256:
+                return f"{name} differs from what was written (SHA-256)"
+    return None
 
 
 def resolve_checkpoint(resume_from_checkpoint: str | None, output_dir: str | Path) -> Path | None:
-    """The checkpoint to resume from: a directory, or `"latest"`/`"true"` for the newest one in `output_dir`.
+    """The checkpoint to resume from: a directory, or `"latest"`/`"true"` for the newest intact one in `output_dir`
+    (a damaged newer one is passed over with a warning).
 
     Raises:
-        ConfigError: the directory is not a complete checkpoint, or `output_dir` has none.
+        ConfigError: the directory is not a checkpoint, or `output_dir` has no intact one.
     """
     if not resume_from_checkpoint:
         return None
-    if resume_from_checkpoint.lower() in {"latest", "last", "true"}:
-        found = checkpoint_dirs(output_dir)
+    if resume_from_checkpoint.lower() in LATEST:
+        found = numbered_checkpoints(output_dir)
         if not found:
             raise ConfigError(f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} has no checkpoint.")
-        return found[-1]
+        damaged = []
+        for _, path in reversed(found):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            logger.warning("Not resuming %s: %s. Trying the checkpoint before it.", path, problem)
+            damaged.append(f"{path.name}: {problem}")
+        raise ConfigError(
+            f"--resume_from_checkpoint {resume_from_checkpoint}: {output_dir} has no intact checkpoint "
+            f"({'; '.join(damaged)})."
+        )
     path = Path(resume_from_checkpoint)
     if not (path / TRAINER_STATE_FILE).is_file():
         raise ConfigError(f"--resume_from_checkpoint {path}: not a checkpoint directory (no {TRAINER_STATE_FILE}).")
     return path
 
 
-def rotate_checkpoints(output_dir: str | Path, save_total_limit: int | None) -> list[Path]:
-    """Delete the oldest checkpoints so that at most `save_total_limit` remain; returns the deleted paths."""
-    if not save_total_limit:
+def rotate_checkpoints(
+    output_dir: str | Path, save_total_limit: int | None, newest_step: int | None = None
+) -> list[Path]:
+    """Keep the newest `save_total_limit` complete checkpoints of steps up to `newest_step` (default: all steps) and
+    delete the other checkpoints of those steps, incomplete ones included; returns the deleted paths.
+
+    Checkpoints after `newest_step` (left by an earlier pass of a resumed run) are kept: the run replaces them as it
+    gets there.
+
+    Raises:
+        ConfigError: `save_total_limit` below 1.
+    """
+    if save_total_limit is None:
         return []
-    found = checkpoint_dirs(output_dir)
-    stale = found[: max(len(found) - save_total_limit, 0)]
+    if save_total_limit < 1:
+        raise ConfigError(f"save_total_limit must be at least 1 (or unset: keep all), got {save_total_limit}.")
+    found = [path for step, path in numbered_checkpoints(output_dir) if newest_step is None or step <= newest_step]
+    complete = [path for path in found if checkpoint_problem(path, hashes=False) is None]
+    kept = set(complete[-save_total_limit:])
+    stale = [path for path in found if path not in kept]
     for path in stale:
-        shutil.rmtree(path)
+        remove_atomically(path)
     return stale
 
 
@@ -154,7 +239,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------------------- trainer state
 def save_ppo_checkpoint(
-    trainer: RLTrainer, output_dir: str | Path, step: int, extra: dict[str, Any], save_total_limit: int | None = None
+    trainer: RLTrainer,
+    output_dir: str | Path,
+    step: int,
+    extra: dict[str, Any],
+    save_total_limit: int | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Path | None:
     """Save everything a resumed run needs after `step` PPO steps; collective: call it on every process.
 
@@ -164,9 +254,13 @@ def save_ppo_checkpoint(
         step: PPO steps done so far (the resumed run starts at this step).
         extra: JSON-safe fields of the caller's loop (e.g. its data position), returned by `load_ppo_checkpoint`.
         save_total_limit: keep at most this many checkpoints (oldest deleted); None keeps all.
+        settings: JSON-safe settings of the run that a resumed run must share (`load_ppo_checkpoint` compares them).
 
     Returns:
         The checkpoint directory on the main process, None on the others.
+
+    Raises:
+        OutputError: the checkpoint cannot be written (earlier checkpoints are left as they were).
     """
     accelerator = trainer.accelerator
     rng_states = gather_object([rng_state()])  # one per process; [this one's] in a single process
@@ -177,7 +271,13 @@ def save_ppo_checkpoint(
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
     own_state = trainer.state_dict()
     optimizer_state = own_state.pop("optimizer")  # tensors: to safetensors, the rest to JSON
-    trainer_state = {"step": step, "world_size": accelerator.num_processes, "extra": extra, "trainer": own_state}
+    trainer_state = {
+        "step": step,
+        "world_size": accelerator.num_processes,
+        "settings": normalized(settings or {}),
+        "extra": extra,
+        "trainer": own_state,
+    }
 
     def write(directory: Path) -> None:
         save_policy_safetensors(model, directory / "policy")
@@ -190,9 +290,13 @@ def save_ppo_checkpoint(
         for rank, state in enumerate(rng_states):
             save_state(directory, f"rng_state_{rank}", state)
         (directory / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=_json_default))
+        write_manifest(directory)
 
-    path = write_atomically(output_dir, f"{CHECKPOINT_PREFIX}{step}", write)
-    rotate_checkpoints(output_dir, save_total_limit)
+    name = f"{CHECKPOINT_PREFIX}{step}"
+    with writing(name, output_dir):
+        path = write_atomically(output_dir, name, write)
+    with writing(f"checkpoints beyond save_total_limit={save_total_limit}", output_dir, action="delete"):
+        rotate_checkpoints(output_dir, save_total_limit, newest_step=step)
     accelerator.wait_for_everyone()
     return path
 
@@ -209,19 +313,33 @@ def save_policy_safetensors(model: Any, directory: Path) -> None:
     save_file(value_head, str(directory / "model.safetensors"))
 
 
-def load_ppo_checkpoint(trainer: RLTrainer, checkpoint: str | Path) -> dict[str, Any]:
+def load_ppo_checkpoint(
+    trainer: RLTrainer, checkpoint: str | Path, *, settings: dict[str, Any] | None = None, verify: bool = True
+) -> dict[str, Any]:
     """Restore a `save_ppo_checkpoint` directory into `trainer` (built with the same settings); every process.
+
+    Args:
+        trainer: the trainer to restore.
+        checkpoint: the checkpoint directory.
+        settings: this run's settings; those the checkpoint also recorded must be equal.
+        verify: check every file against the manifest first (skip it for a checkpoint `resolve_checkpoint` just
+            checked).
 
     Returns:
         `{"step": steps done, "extra": the caller's fields}`.
 
     Raises:
-        ConfigError: the checkpoint's parameters do not match the model's trainable ones, it was written by a run
-            with another number of processes, or its trainer state does not fit `trainer.load_state_dict`.
+        ConfigError: (checked in this order) the checkpoint was written by a run with another number of processes,
+            it is damaged (a file missing, truncated or changed), its parameters do not match the model's trainable
+            ones, it was written with other settings, or its trainer state does not fit `trainer.load_state_dict`.
     """
     checkpoint = Path(checkpoint)
     accelerator = trainer.accelerator
-    trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    try:
+        trainer_state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        problem = checkpoint_problem(checkpoint) or f"{TRAINER_STATE_FILE} is unreadable ({type(err).__name__})"
+        raise ConfigError(_damaged(checkpoint, problem)) from err
     if trainer_state["world_size"] != accelerator.num_processes:
         raise ConfigError(
             f"{checkpoint} was written by {trainer_state['world_size']} processes; this run has "
@@ -229,6 +347,8 @@ def load_ppo_checkpoint(trainer: RLTrainer, checkpoint: str | Path) -> dict[str,
         )
     if "trainer" not in trainer_state:
         raise ConfigError(f"{checkpoint}: {TRAINER_STATE_FILE} has no trainer state (an older stackrlhf wrote it).")
+    if verify and (problem := checkpoint_problem(checkpoint)) is not None:
+        raise ConfigError(_damaged(checkpoint, problem))
     model = accelerator.unwrap_model(trainer.model)
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
     saved = load_file(str(checkpoint / "trainable.safetensors"))
@@ -241,12 +361,40 @@ def load_ppo_checkpoint(trainer: RLTrainer, checkpoint: str | Path) -> dict[str,
             f"{checkpoint}: its trainable parameters do not match this model's ({len(mismatched)} differ in name or "
             f"shape, e.g. {mismatched[0]}); resume with the settings of the run that wrote it."
         )
+    differences = settings_differences(trainer_state.get("settings", {}), settings or {})
+    if differences:
+        raise ConfigError(
+            f"{checkpoint} was written with other settings ({'; '.join(differences)}): resume with the settings of "
+            "the run that wrote it, or start a new run in another --output_dir."
+        )
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(saved[name])
     trainer.load_state_dict(trainer_state["trainer"] | {"optimizer": load_state(checkpoint, "optimizer")})
     set_rng_state(load_state(checkpoint, f"rng_state_{accelerator.process_index}"))
     return {"step": trainer_state["step"], "extra": trainer_state["extra"]}
+
+
+def normalized(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` as JSON reads them back (tuples as lists, other objects as strings), for comparisons."""
+    return json.loads(json.dumps(settings, default=str))
+
+
+def settings_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`name: checkpoint X, now Y` for each setting both record with different values, sorted by name."""
+    current = normalized(current)
+    return [
+        f"{name}: checkpoint {json.dumps(recorded[name])}, now {json.dumps(current[name])}"
+        for name in sorted(set(recorded) & set(current))
+        if recorded[name] != current[name]
+    ]
+
+
+def _damaged(checkpoint: Path, problem: str) -> str:
+    return (
+        f"--resume_from_checkpoint {checkpoint}: damaged checkpoint ({problem}); resume from an earlier one, or with "
+        "'latest' (the newest intact one)."
+    )
 
 
 def _json_default(value: Any) -> Any:

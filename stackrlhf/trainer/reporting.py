@@ -5,6 +5,10 @@ every stage's `stackrlhf_summary.json`.
 statistics of `PPOTrainer.step` under TRL's names (`objective/kl`, `ppo/loss/value`, ...) and the step's seconds.
 `samples.json` holds `{"before": [...], "after": [...]}`: one `{"query", "response", "reward"}` per sample prompt,
 generated before and after training. `finish_run` writes an RL run's report at its end.
+
+A kill never leaves these files half-written for a resumed run to trip over: `samples.json` and the summary are
+replaced in one step, `stats.jsonl` is rewritten in one step on resume, and a last line torn by a kill mid-append is
+dropped (with a warning) when the file is read. A failed write is an `OutputError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from stackrlhf.atomic import write_text_atomically
+from stackrlhf.errors import DataError
+from stackrlhf.outputs import writing
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +53,17 @@ class StatsLog:
     def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
         kept = [record for record in read_stats(self.path) if record["step"] < resume_step] if resume_step else []
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        if resume_step and [record["step"] for record in kept] != list(range(resume_step)):
+            logger.warning(
+                "%s holds %d records of the %d steps before step %d: the report will miss the others.",
+                self.path,
+                len(kept),
+                resume_step,
+                resume_step,
+            )
+        with writing(self.path.name, self.path.parent):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, step: int, stats: dict[str, Any], rewards: Sequence[float], seconds: float) -> dict[str, Any]:
         """Record step `step`: `stats` from `PPOTrainer.step` (scalars kept) and the step's `rewards` (gathered from
@@ -59,17 +76,41 @@ class StatsLog:
             if scalar is not None:
                 record[key] = scalar
         record["seconds"] = seconds
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        with writing(self.path.name, self.path.parent), self.path.open("a") as f:
+            end = f.tell()
+            try:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+            except OSError:
+                f.truncate(end)  # no torn line left behind (best effort: the disk may refuse this too)
+                raise
         return record
 
 
 def read_stats(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a `stats.jsonl` file ([] when it does not exist)."""
+    """The records of a `stats.jsonl` file ([] when it does not exist); a last line torn by a kill is dropped with a
+    warning.
+
+    Raises:
+        DataError: a line before the last one is not a JSON object.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            if number == lines[-1][0]:
+                logger.warning("%s: dropping its last line %d, cut short by an interrupted write.", path, number)
+                break
+            raise DataError(f"{path} line {number} is not JSON ({err}); delete or repair that line.") from err
+        if not isinstance(record, dict) or "step" not in record:
+            raise DataError(f"{path} line {number} is not a step's record (no 'step').")
+        records.append(record)
+    return records
 
 
 def _scalar(value: Any) -> float | None:
@@ -124,9 +165,12 @@ def plot_stats(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
     figure.suptitle(title)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with writing(path.name, path.parent):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -232,19 +276,32 @@ def format_bytes(size: int) -> str:
 
 def write_summary(output_dir: str | Path, summary: dict[str, Any]) -> None:
     """Write a stage's summary (base model, data sizes, metrics) as `stackrlhf_summary.json` beside its outputs."""
-    Path(output_dir, SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    with writing(SUMMARY_FILE, output_dir):
+        write_text_atomically(Path(output_dir, SUMMARY_FILE), json.dumps(summary, indent=2) + "\n")
 
 
 def read_samples(output_dir: str | Path) -> dict[str, Any]:
-    """The sample generations saved in `output_dir`'s `samples.json` ({} when there is none)."""
+    """The sample generations saved in `output_dir`'s `samples.json` ({} when there is none, or with a warning when
+    it cannot be read)."""
     path = Path(output_dir, SAMPLES_FILE)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        samples = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        logger.warning("%s is unreadable (%s): its generations are made again.", path, type(err).__name__)
+        return {}
+    if not isinstance(samples, dict):
+        logger.warning("%s holds no {'before': ..., 'after': ...} object: its generations are made again.", path)
+        return {}
+    return samples
 
 
 def write_samples(output_dir: str | Path, samples: dict[str, Any]) -> None:
     """Write the sample generations as `samples.json` in `output_dir` (created if needed)."""
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    Path(output_dir, SAMPLES_FILE).write_text(json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
+    with writing(SAMPLES_FILE, output_dir):
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomically(Path(output_dir, SAMPLES_FILE), json.dumps(samples, indent=2, ensure_ascii=False) + "\n")
 
 
 def finish_run(

@@ -7,10 +7,12 @@ Each PPO step, on every process:
    `LengthSampler`;
 3. score `query + response` with the reward function, check every reward is finite, subtract `reward_baseline`;
 4. `trainer.step(queries, responses, rewards)`, then `log_stats` (trackers) and one line of `stats.jsonl`;
-5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.trainer.checkpointing`).
+5. every `save_steps` steps, a resumable checkpoint (`stackrlhf.trainer.checkpointing`) that records the run's
+   settings (`run_settings`): a resumed run must have the same ones.
 
-At the end the policy (adapter + value head) and tokenizer are saved in `output_dir`, with plots, sample generations
-before and after training, `stackrlhf_summary.json` and a printed table (`reporting.finish_run`).
+A run starts by checking that `output_dir` is writable and removing what killed writers left staged there. At the end
+the policy (adapter + value head) and tokenizer are saved in `output_dir`, with plots, sample generations before and
+after training, `stackrlhf_summary.json` and a printed table (`reporting.finish_run`).
 
 The trainer is any `stackrlhf.trainer.protocol.RLTrainer`; `PPOTrainer` is one.
 """
@@ -29,11 +31,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from stackrlhf.atomic import write_files_atomically
 from stackrlhf.core import LengthSampler
 from stackrlhf.data.prompts import Prompts
 from stackrlhf.errors import ConfigError
+from stackrlhf.outputs import prepare_output_dir, writing
 from stackrlhf.rewards.contract import RewardFunction, check_rewards
 from stackrlhf.trainer.checkpointing import (
+    LATEST,
     load_ppo_checkpoint,
     resolve_checkpoint,
     rng_state,
@@ -44,6 +49,91 @@ from stackrlhf.trainer.protocol import RLTrainer
 from stackrlhf.trainer.reporting import STATS_FILE, StatsLog, finish_run, read_samples, role_bytes, write_samples
 
 logger = logging.getLogger(__name__)
+
+TRAJECTORY_SETTINGS = (
+    # PPO (PPOConfig)
+    "steps",
+    "total_ppo_epochs",
+    "batch_size",
+    "mini_batch_size",
+    "gradient_accumulation_steps",
+    "ppo_epochs",
+    "learning_rate",
+    "seed",
+    "adap_kl_ctrl",
+    "init_kl_coef",
+    "kl_penalty",
+    "target",
+    "horizon",
+    "gamma",
+    "lam",
+    "cliprange",
+    "cliprange_value",
+    "vf_coef",
+    "max_grad_norm",
+    "early_stopping",
+    "target_kl",
+    "ratio_threshold",
+    "use_score_scaling",
+    "use_score_norm",
+    "score_clip",
+    "whiten_rewards",
+    # the loop (RLLoopArguments)
+    "output_min_length",
+    "output_max_length",
+    "max_prompt_length",
+    "generation_batch_size",
+    "reward_baseline",
+    # the model (ModelConfig; the LoRA shape is checked against the saved parameters instead)
+    "model_name_or_path",
+    "model_revision",
+    "dtype",
+    "load_in_8bit",
+    "load_in_4bit",
+    "bnb_4bit_quant_type",
+    "use_bnb_nested_quant",
+    "use_peft",
+    "lora_alpha",
+    "lora_dropout",
+    "use_rslora",
+    "use_dora",
+    "upcast_non_quantized",
+    # the reward
+    "reward_adapter",
+    "reward_model",
+    "reward_model_load_in_8bit",
+    # the data (DataArguments, PromptArguments)
+    "dataset_path",
+    "dataset_format",
+    "dataset_subset",
+    "dataset_data_dir",
+    "dataset_split",
+    "column_mapping",
+    "max_samples",
+    "eval_samples",
+    "dataset_seed",
+    "skip_bad_rows",
+    "prompts_file",
+    "prompts_dataset",
+    "prompts_column",
+    "min_prompt_chars",
+    "query_min_length",
+    "query_max_length",
+    "num_heldout_prompts",
+)
+"""Settings that change what a run computes, by their option names: a checkpoint records them, and a run resumes it
+only with the same values. (Outputs, logging, sample generations and reward batching do not count.)"""
+
+
+def run_settings(*configs: Any) -> dict[str, Any]:
+    """The `TRAJECTORY_SETTINGS` that `configs` (a recipe's parsed dataclasses) have, each from the first with it."""
+    settings: dict[str, Any] = {}
+    for name in TRAJECTORY_SETTINGS:
+        for config in configs:
+            if hasattr(config, name):
+                settings[name] = getattr(config, name)
+                break
+    return settings
 
 
 @dataclass
@@ -78,11 +168,14 @@ class RLLoopArguments:
         default=0, metadata={"help": "Write a resumable checkpoint every this many PPO steps (0: never)."}
     )
     save_total_limit: int | None = field(
-        default=None, metadata={"help": "Keep only the newest this many checkpoints (default: keep all)."}
+        default=None, metadata={"help": "Keep only the newest this many checkpoints, at least 1 (default: keep all)."}
     )
     resume_from_checkpoint: str | None = field(
         default=None,
-        metadata={"help": "A checkpoint directory to resume from, or 'latest' for the newest in --output_dir."},
+        metadata={
+            "help": "A checkpoint directory to resume from, or 'latest' for the newest intact one in --output_dir. "
+            "It must have been written with this run's settings."
+        },
     )
     num_sample_prompts: int = field(
         default=4, metadata={"help": "Held-out prompts whose generations are saved before and after training."}
@@ -102,6 +195,10 @@ class RLLoopArguments:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.save_steps < 0:
             raise ConfigError(f"save_steps must be 0 (off) or positive, got {self.save_steps}.")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ConfigError(
+                f"save_total_limit must be at least 1 (or unset: keep every checkpoint), got {self.save_total_limit}."
+            )
 
 
 def prompt_indices(step: int, num_prompts: int, batch_size: int, seed: int, rank: int, world_size: int) -> np.ndarray:
@@ -167,6 +264,7 @@ def run_rl_loop(
     summary: dict[str, Any] | None = None,
     extra_roles: dict[str, int] | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train `trainer`'s policy for `config.total_ppo_epochs` PPO steps on `prompts` against `reward_fn`.
 
@@ -182,9 +280,15 @@ def run_rl_loop(
         extra_roles: parameter bytes of models outside the policy (a separate reward model) for the memory table.
         on_step: called as `on_step(step, stats)` at the end of each step, after its checkpoint (tests interrupt
             runs here).
+        settings: the recipe's settings that shape the run (`run_settings` of its dataclasses), recorded in every
+            checkpoint with the trainer's and `args`' own and compared on resume.
 
     Returns:
         The run summary (also written to `stackrlhf_summary.json` in `args.output_dir`).
+
+    Raises:
+        ConfigError: the checkpoint to resume is missing, damaged, or was written with other settings.
+        OutputError: an output cannot be written (outputs written before are left as they were).
     """
     config, accelerator, tokenizer = trainer.config, trainer.accelerator, trainer.tokenizer
     output_dir = Path(args.output_dir)
@@ -198,19 +302,28 @@ def run_rl_loop(
     length_sampler = LengthSampler(args.output_min_length, args.output_max_length)
     total_steps = config.total_ppo_epochs
 
-    start_step = 0
+    settings = run_settings(config, args) | (settings or {})
+    is_main = accelerator.is_main_process
+    prepare_output_dir(output_dir, clean=is_main)
+    accelerator.wait_for_everyone()  # every process looks for checkpoints after the cleanup
+
+    start_step, samples = 0, {}
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
-        start_step = load_ppo_checkpoint(trainer, checkpoint)["step"]
+        verified = args.resume_from_checkpoint.lower() in LATEST  # resolve_checkpoint checked its files
+        resumed = load_ppo_checkpoint(trainer, checkpoint, settings=settings, verify=not verified)
+        start_step, samples = resumed["step"], read_samples(output_dir)
+        if "before" not in samples and "samples_before" in resumed["extra"]:
+            samples["before"] = resumed["extra"]["samples_before"]
         logger.info("Resumed from %s at step %d of %d.", checkpoint, start_step, total_steps)
-    is_main = accelerator.is_main_process
     stats_log = StatsLog(output_dir / STATS_FILE, resume_step=start_step) if is_main else None
-    samples = read_samples(output_dir) if checkpoint is not None else {}
     if is_main and "before" not in samples:
         samples["before"] = generate_samples(
             trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
         )
+    if is_main:
         write_samples(output_dir, samples)
+    extra = {"total_steps": total_steps, "samples_before": samples.get("before")}
 
     progress = tqdm(
         range(start_step, total_steps), initial=start_step, total=total_steps, desc="PPO", disable=not is_main
@@ -247,14 +360,15 @@ def run_rl_loop(
             record = stats_log.write(step, stats, all_scores, seconds)
             progress.set_postfix(reward=f"{record['reward_mean']:.3f}", kl=f"{record.get('objective/kl', 0):.3f}")
         if args.save_steps and (step + 1) % args.save_steps == 0 and step + 1 < total_steps:
-            save_ppo_checkpoint(trainer, output_dir, step + 1, {"total_steps": total_steps}, args.save_total_limit)
+            save_ppo_checkpoint(trainer, output_dir, step + 1, extra, args.save_total_limit, settings)
         if on_step is not None:
             on_step(step, stats)
 
     if not is_main:
         accelerator.wait_for_everyone()
         return {}
-    trainer.save_pretrained(output_dir)
+    with writing("the final policy", output_dir):
+        write_files_atomically(output_dir, trainer.save_pretrained)
     samples["after"] = generate_samples(
         trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
     )

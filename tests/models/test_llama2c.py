@@ -1,10 +1,17 @@
-"""The llama2.c converter on the bundled stories260K model: generation, tokenization, caching, bad inputs, recipe."""
+"""The llama2.c converter on the bundled stories260K model: generation, tokenization, caching (once, checked, shared
+by concurrent processes), bad inputs, recipe."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import random
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
+from stackrlhf.cache import MANIFEST_FILE, entry_problem, write_manifest
 from stackrlhf.errors import ConfigError
 from stackrlhf.models import llama2c
 from stackrlhf.models.bundled import (
@@ -22,7 +30,7 @@ from stackrlhf.models.bundled import (
     resolve_model_name_or_path,
     tiny_model_path,
 )
-from stackrlhf.models.llama2c import build_model, convert_llama2c, convert_llama2c_cached, read_llama2c_checkpoint
+from stackrlhf.models.llama2c import build_model, convert_llama2c, read_llama2c_checkpoint
 from stackrlhf.recipes.convert_llama2c import ConvertLlama2cArguments, main, make_parser
 from stackrlhf.recipes.runner import parse_args
 
@@ -132,8 +140,8 @@ def test_tokenizer_special_tokens_and_padding(tokenizer) -> None:
 
 def test_tiny_model_path_converts_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
-    real_build = llama2c._convert_into_staging
-    monkeypatch.setattr(llama2c, "_convert_into_staging", lambda *args: builds.append(args) or real_build(*args))
+    real_write = llama2c.write_conversion
+    monkeypatch.setattr(llama2c, "write_conversion", lambda *args: builds.append(args) or real_write(*args))
 
     first = tiny_model_path()
     assert first.parent == tmp_path / "cache" / "llama2c" and first.name.startswith("stories260K-")
@@ -142,11 +150,79 @@ def test_tiny_model_path_converts_once_into_the_cache(tmp_path: Path, monkeypatc
     assert (first / "model.safetensors").stat().st_mtime_ns == mtime
     assert resolve_model_name_or_path(TINY_MODEL) == str(first)
     assert resolve_model_name_or_path("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no staging directories left behind
+    assert _entries(first.parent) == [first.name]  # no staging directories left behind
+    assert (first / MANIFEST_FILE).is_file()
 
     monkeypatch.setattr(llama2c, "CONVERTER_VERSION", llama2c.CONVERTER_VERSION + 1)
     rebuilt = tiny_model_path()
     assert rebuilt != first and rebuilt.parent == first.parent and len(builds) == 2
+
+
+def _entries(directory: Path) -> list[str]:
+    """What is in a cache directory, less the lock files beside its entries."""
+    return sorted(p.name for p in directory.iterdir() if not p.name.endswith(".lock"))
+
+
+def _drop_model_type(entry: Path) -> None:
+    """A config that parses but says nothing of the architecture, in an entry whose manifest agrees with it."""
+    config = json.loads((entry / "config.json").read_text())
+    del config["model_type"]
+    (entry / "config.json").write_text(json.dumps(config))
+    write_manifest(entry)
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "problem"),
+    [
+        (lambda entry: (entry / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda entry: (entry / "config.json").write_text("{"), "config.json has 1 bytes"),
+        (lambda entry: (entry / MANIFEST_FILE).unlink(), f"no {MANIFEST_FILE}: built by an older stackrlhf"),
+        (_drop_model_type, "config.json has no 'model_type'"),
+    ],
+    ids=["weights deleted", "config truncated", "no manifest", "config without model_type"],
+)
+def test_broken_cached_conversion_is_rebuilt_with_a_warning(
+    corrupt: Callable[[Path], None], problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    entry = tiny_model_path()
+    corrupt(entry)
+    with caplog.at_level(logging.WARNING, logger="stackrlhf.cache"):
+        assert tiny_model_path() == entry
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(entry) in warning and problem in warning and "rebuilding" in warning
+    assert entry_problem(entry, llama2c.check_conversion) is None
+    assert AutoModelForCausalLM.from_pretrained(entry).config.model_type == "llama"
+    assert _entries(entry.parent) == [entry.name]
+
+
+@pytest.mark.subprocess
+def test_two_processes_convert_a_cold_cache_once(tmp_path: Path) -> None:
+    """torchrun with 2 ranks in a process group: one converts, the other waits; both load the one entry.
+
+    Under a process group transformers saves weights on rank 0 only, so a rank that converted in-process could
+    publish a model without weights; the entry is built in a single-process child instead.
+    """
+    script = tmp_path / "convert.py"
+    script.write_text(
+        "import torch\n"
+        "from accelerate import PartialState\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from stackrlhf.models.bundled import tiny_model_path\n"
+        "PartialState()  # as a launched recipe: the process group is up\n"
+        "assert torch.distributed.get_world_size() == 2\n"
+        "path = tiny_model_path()\n"
+        "AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)\n"
+        "print(f'rank {torch.distributed.get_rank()}: {path}')\n"
+    )
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "STACKRLHF_CACHE": str(cache)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    (entry,) = _entries(cache / "llama2c")
+    assert lines == [f"rank {rank}: {cache / 'llama2c' / entry}" for rank in (0, 1)]
+    assert entry_problem(cache / "llama2c" / entry, llama2c.check_conversion) is None
 
 
 def test_cache_root_falls_back_to_xdg_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,18 +235,14 @@ def test_cache_root_falls_back_to_xdg_and_home(tmp_path: Path, monkeypatch: pyte
     assert cache_root() == tmp_path / "home" / ".cache" / "stackrlhf"
 
 
-def test_cached_conversion_uses_the_winner_of_a_race(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another process publishes the same conversion while this one builds: this one's copy is discarded."""
-    real_build = llama2c._convert_into_staging
-
-    def build_while_another_process_wins(checkpoint: Path, tokenizer: Path, target: Path) -> Path:
-        real_build(checkpoint, tokenizer, target).rename(target)
-        return real_build(checkpoint, tokenizer, target)
-
-    monkeypatch.setattr(llama2c, "_convert_into_staging", build_while_another_process_wins)
-    target = convert_llama2c_cached(BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER)
-    assert (target / "model.safetensors").is_file()
-    assert [p.name for p in target.parent.iterdir()] == [target.name]
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_cache_root_on_a_file_is_one_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, under: str) -> None:
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    monkeypatch.setenv("STACKRLHF_CACHE", str(file / under))
+    with pytest.raises(ConfigError, match=r"\$STACKRLHF_CACHE") as err:
+        tiny_model_path()
+    assert f"{file} is not a directory" in str(err.value) and len(str(err.value).splitlines()) == 1
 
 
 def test_truncated_checkpoint_is_rejected(tmp_path: Path) -> None:

@@ -1,3 +1,5 @@
+import shutil
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -7,9 +9,12 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import (
     build_peft_config,
+    check_adapter_dir,
     check_model_config,
+    check_model_path,
     load_model,
     load_tokenizer,
+    read_adapter,
     skeleton_model,
 )
 
@@ -100,3 +105,55 @@ def test_skeleton_checks_lora_targets_without_weights(tiny_model_dir, task):
     assert build_peft_config(args, skeleton).target_modules == {"q_proj", "v_proj"}
     with pytest.raises(ConfigError, match="query_key_value"):
         build_peft_config(_tiny(use_peft=True, lora_target_modules=["query_key_value"]), skeleton)
+
+
+def test_a_missing_local_model_path_says_so(tmp_path):
+    for load in (load_model, load_tokenizer, skeleton_model):
+        with pytest.raises(ConfigError, match=r"no such directory\.$"):
+            load(ModelConfig(model_name_or_path=str(tmp_path / "no" / "such" / "model")))
+
+
+def test_a_truncated_checkpoint_is_one_error_naming_the_model(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="model .*model': cannot load it"):
+        load_model(ModelConfig(model_name_or_path=str(tmp_path / "model")))
+    with pytest.raises(ConfigError, match=r"model\.safetensors: not a readable safetensors file"):
+        check_model_path(str(tmp_path / "model"), "model_name_or_path")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", r"adapter_config\.json: not valid JSON \(Expecting property name"),
+        ("[1, 2]", r"adapter_config\.json: expected a JSON object, got list"),
+        ('{"r": 8}', "no base_model_name_or_path"),
+    ],
+)
+def test_a_broken_adapter_config_is_one_error_naming_the_file(tmp_path, content, message):
+    (tmp_path / "adapter_config.json").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_adapter(tmp_path)
+
+
+def test_an_adapter_without_weights_is_named(reward_dirs, tmp_path):
+    shutil.copytree(reward_dirs["adapter"], tmp_path / "rm")
+    (tmp_path / "rm" / "adapter_model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"^--reward_adapter .*rm: the adapter has no weights"):
+        check_adapter_dir(str(tmp_path / "rm"), "reward_adapter")
+
+
+def test_a_truncated_reward_adapter_fails_loading_in_one_line(reward_dirs, tmp_path):
+    from peft import LoraConfig
+
+    from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
+
+    shutil.copytree(reward_dirs["adapter"], tmp_path / "rm")
+    weights = tmp_path / "rm" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    lora = LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"])
+    with pytest.raises(ConfigError, match=r"reward adapter .*rm: cannot load it"):
+        AutoModelForCausalLMWithValueHead.from_pretrained(
+            TINY_MODEL, peft_config=lora, reward_adapter=str(tmp_path / "rm")
+        )

@@ -18,11 +18,13 @@ NEOX += ["--output_min_length", "4", "--output_max_length", "64", "--max_prompt_
 
 
 def _arguments(recipe, argv):
+    """The recipe's parsed dataclasses, without the recipes' validation (the verdict must cope with runs it would
+    refuse, e.g. a model path that does not exist)."""
     from stackrlhf.recipes import ppo, sft
-    from stackrlhf.recipes.runner import parse_args
 
     module = {"ppo": ppo, "sft": sft}[recipe]
-    arguments = parse_args(module.make_parser(), [*argv, *(["--bf16", "false"] if recipe == "sft" else [])])
+    parser = module.make_parser()
+    arguments = parser.parse_args_and_config([*argv, *(["--bf16", "false"] if recipe == "sft" else [])])
     return arguments[1:5] if recipe == "ppo" else arguments[1:3]  # what the recipes pass: no data or run options
 
 

@@ -28,6 +28,15 @@ def test_reward_recipe_saves_adapter_with_score_head_and_accuracy(trained_reward
     assert saved["eval_rows"] == 24
 
 
+def test_reward_with_no_held_out_pairs_skips_evaluation(tmp_path, capsys):
+    argv = [*QUICK, "--max_steps", "2", "--eval_samples", "0", "--output_dir", str(tmp_path)]
+    summary = reward.main(*parse_args(reward.make_parser(), argv))
+    assert summary["eval_rows"] == 0 and summary["eval_accuracy"] is None and summary["eval_mean_margin"] is None
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == summary
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert "evaluation skipped (--eval_samples 0)" in capsys.readouterr().out
+
+
 def test_scorer_reloads_the_saved_reward_model(trained_reward_dir):
     output_dir, _ = trained_reward_dir
     scorer = RewardScorer.from_pretrained(str(output_dir), batch_size=2)

@@ -41,6 +41,15 @@ def test_sft_trains_and_saves_a_lora_adapter(tmp_path):
     assert saved["sample"]["query"].startswith("Question: ")
 
 
+def test_sft_with_no_held_out_rows_skips_evaluation(tmp_path, capsys):
+    argv = [*QUICK, "--max_steps", "2", "--eval_samples", "0", "--output_dir", str(tmp_path)]
+    summary = sft.main(*parse_args(sft.make_parser(), argv))
+    assert summary["eval_rows"] == 0 and summary["eval_loss"] is None and summary["eval_perplexity"] is None
+    assert summary["train_rows"] == 96 and summary["sample"]["query"].startswith("Question: ")
+    assert json.loads((tmp_path / SUMMARY_FILE).read_text()) == summary
+    assert "evaluation skipped (--eval_samples 0)" in capsys.readouterr().out
+
+
 def test_sft_in_4bit_with_lora(tmp_path):
     args = parse_args(sft.make_parser(), [*QUICK, "--max_steps", "2", "--load_in_4bit", "--output_dir", str(tmp_path)])
     summary = sft.main(*args)
