@@ -9,18 +9,25 @@ stackrlhf configs [llama-2-7b/ppo [--show]]
 stackrlhf merge --adapter_path outputs/sft --output_dir outputs/sft-merged
 stackrlhf convert-llama2c --checkpoint model.bin --tokenizer tok512.bin --output_dir out/
 
-Recipe modules are imported when a command needs them: `stackrlhf plan` and `stackrlhf configs` load no training
-code.
+Only the command that runs is imported: `stackrlhf --help`, `stackrlhf plan` and `stackrlhf configs` load no training
+code, and a recipe's `--help` is kept in the cache (keyed by the package's sources, the libraries' versions and the
+terminal width), so it answers without importing TRL after the first time.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import importlib.metadata
+import shutil
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+
+from stackrlhf.errors import StackRLHFError
+from stackrlhf.recipes import RECIPE_HELP
 
 RECIPE_MODULES = {
     "sft": "stackrlhf.recipes.sft",
@@ -36,7 +43,10 @@ RECIPE_MODULES = {
 }
 
 LIGHT_COMMANDS = ("plan", "configs")
-"""Commands that import neither torch nor the training stack: they answer at once."""
+"""Commands that import neither torch nor the training stack: they parse their own options and answer at once."""
+
+HELP_LIBRARIES = ("trl", "transformers", "peft", "accelerate", "datasets")
+"""The libraries whose dataclasses a recipe's `--help` shows."""
 
 
 class _Modules(Mapping[str, ModuleType]):
@@ -58,31 +68,66 @@ class _Modules(Mapping[str, ModuleType]):
 RECIPES: Mapping[str, ModuleType] = _Modules(RECIPE_MODULES)
 
 
-def make_parser() -> tuple[argparse.ArgumentParser, dict[str, Any]]:
-    """The top-level parser and, by subcommand name, each recipe's parser registered under it."""
-    from trl import TrlParser
+def make_parser() -> argparse.ArgumentParser:
+    """The top-level parser: one subcommand per command, with its description (no recipe is imported)."""
+    from stackrlhf.configs.command import HELP as CONFIGS_HELP
+    from stackrlhf.planner.cli import HELP as PLAN_HELP
 
+    descriptions = RECIPE_HELP | {"plan": PLAN_HELP, "configs": CONFIGS_HELP}
     parser = argparse.ArgumentParser(
         prog="stackrlhf", description="StackLLaMA-style RLHF on one GPU: SFT, reward model, PPO, on top of TRL."
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=TrlParser)
-    recipe_parsers = {name: module.make_parser(subparsers) for name, module in RECIPES.items()}
-    return parser, recipe_parsers
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in RECIPE_MODULES:
+        subparsers.add_parser(name, help=descriptions[name], add_help=False)
+    return parser
+
+
+def recipe_help(name: str) -> str:
+    """The `--help` text of recipe `name`: from the cache when the package, the libraries and the terminal width are
+    those it was written with, else built from the recipe's parser (and cached)."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256(str(shutil.get_terminal_size().columns).encode())
+    for library in HELP_LIBRARIES:
+        digest.update(f"{library}={importlib.metadata.version(library)}".encode())
+    for path in sorted([*package.rglob("*.py"), *(package / "configs" / "tiny").rglob("*.yaml")]):
+        digest.update(path.read_bytes())
+    from stackrlhf.models.bundled import cache_root
+
+    try:
+        cached = cache_root() / "help" / f"{name}-{digest.hexdigest()[:16]}.txt"
+    except StackRLHFError:  # an unusable cache directory: build the text every time
+        cached = None
+    if cached is not None and cached.is_file():
+        return cached.read_text(encoding="utf-8")
+    text = RECIPES[name].make_parser(prog=f"stackrlhf {name}").format_help()
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cached.with_name(f".{cached.name}.tmp")
+            temporary.write_text(text, encoding="utf-8")
+            temporary.replace(cached)
+        except OSError:  # an unwritable cache only costs the next --help its speed
+            pass
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `stackrlhf COMMAND [options]`; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHT_COMMANDS:  # they parse their own options, without the recipes' parsers
-        return RECIPES[argv[0]].run(argv[1:])
-    parser, recipe_parsers = make_parser()
-    if not argv or argv[0] not in RECIPES:
-        parser.parse_args(argv)  # prints help or a usage error for an unknown command, and exits
-        parser.print_help()  # reached with no arguments at all
+    if not argv or argv[0] not in RECIPE_MODULES:
+        make_parser().parse_args(argv)  # prints help or a usage error for an unknown command, and exits
+        make_parser().print_help()  # reached with no arguments at all
+        return 0
+    name, options = argv[0], argv[1:]
+    if name in LIGHT_COMMANDS:
+        return RECIPES[name].run(options)
+    if "-h" in options or "--help" in options:
+        print(recipe_help(name), end="")
         return 0
     from stackrlhf.recipes.runner import run_recipe
 
-    return run_recipe(recipe_parsers[argv[0]], RECIPES[argv[0]].main, argv[1:])
+    return run_recipe(RECIPES[name].make_parser(prog=f"stackrlhf {name}"), RECIPES[name].main, options)
 
 
 if __name__ == "__main__":

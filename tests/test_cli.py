@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -59,3 +60,33 @@ def test_console_script_entry_point():
         timeout=120,
     )
     assert result.returncode == 0 and "--lora_task_type" in result.stdout
+
+
+def test_a_recipe_help_is_its_parser_help_and_is_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STACKRLHF_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "100")
+    assert cli.main(["reward", "--help"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == cli.RECIPES["reward"].make_parser(prog="stackrlhf reward").format_help()
+    (cached,) = (tmp_path / "help").glob("reward-*.txt")
+    cached.write_text("from the cache\n")
+    assert cli.main(["reward", "-h"]) == 0
+    assert capsys.readouterr().out == "from the cache\n"
+    monkeypatch.setenv("COLUMNS", "80")  # another width: another entry
+    assert cli.main(["reward", "--help"]) == 0
+    assert capsys.readouterr().out != "from the cache\n"
+
+
+@pytest.mark.subprocess
+def test_top_level_help_and_a_cached_recipe_help_import_no_training_stack(tmp_path):
+    env = {**os.environ, "STACKRLHF_CACHE": str(tmp_path), "COLUMNS": "100"}
+    code = "from stackrlhf.cli import main; main(['sft', '--help'])"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=300)
+    code = (
+        "import sys; from stackrlhf.cli import main; main(['sft', '--help']);"
+        "import contextlib\nwith contextlib.suppress(SystemExit): main(['--help'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules]; assert not heavy, heavy"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--dataset_path" in result.stdout and "COMMAND" in result.stdout

@@ -20,6 +20,7 @@ from trl import TrlParser
 
 from stackrlhf.models.bundled import BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER
 from stackrlhf.models.llama2c import convert_llama2c, convert_llama2c_cached
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 
 SAMPLE_TOKENS = 40
@@ -88,7 +89,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "convert-llama2c",
-        "Convert a llama2.c checkpoint and tokenizer (default: the bundled stories260K) to a transformers model.",
+        RECIPE_HELP["convert-llama2c"],
         (ConvertLlama2cArguments,),
         prog=prog,
     )

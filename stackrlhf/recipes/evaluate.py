@@ -26,6 +26,7 @@ from stackrlhf.data import DataArguments, load_splits, prompts_within, to_prompt
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_adapter_dir, check_model_path, load_tokenizer, read_adapter, read_json
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.validation import check_output_file
 from stackrlhf.rewards.build import build_reward, check_reward_source
@@ -196,8 +197,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "evaluate",
-        "Score a PPO policy and its reference (adapter disabled) on held-out prompts with the reward model: mean "
-        "rewards and the policy's win rate, saved as JSON.",
+        RECIPE_HELP["evaluate"],
         (EvaluateArguments, DataArguments),
         prog=prog,
         check=check_arguments,

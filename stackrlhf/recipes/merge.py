@@ -20,6 +20,7 @@ from trl import ModelConfig
 from stackrlhf.atomic import write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_adapter_dir, check_model_path, load_model, load_tokenizer, read_adapter
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 
 
@@ -111,7 +112,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "merge",
-        "Merge a LoRA adapter into its base model and save a standalone safetensors model.",
+        RECIPE_HELP["merge"],
         (MergeArguments,),
         prog=prog,
         check=check_arguments,

@@ -45,6 +45,7 @@ from stackrlhf.models.loading import (
 )
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
 from stackrlhf.planner.verdict import report_memory_plan
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.rewards.build import build_reward, check_reward_source
@@ -244,8 +245,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "ppo",
-        "PPO (StackLLaMA stage 3) on one shared base: LoRA policy + value head, reference = adapter off, reward = a "
-        "second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
+        RECIPE_HELP["ppo"],
         (DataArguments, PPOConfig, ModelConfig, SharedBaseArguments, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},

@@ -22,6 +22,7 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.metrics import PAIRWISE_ACCURACY
 from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.recipes.validation import check_trainer_checkpoint
@@ -120,7 +121,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "reward",
-        "Reward modelling (StackLLaMA stage 2) with TRL's RewardTrainer, LoRA and 8/4-bit loading.",
+        RECIPE_HELP["reward"],
         (DataArguments, RewardConfig, ModelConfig),
         prog=prog,
         check=check_arguments,

@@ -26,6 +26,7 @@ from stackrlhf.data.prompts import PromptArguments, prompt_budget, read_prompts,
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_model_config, check_model_path, load_tokenizer
 from stackrlhf.planner.verdict import report_memory_plan
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.ppo import load_policy
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.rewards.build import build_sentiment_reward
@@ -129,8 +130,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "sentiment",
-        "Quick start: PPO makes a small LM write positive text (TRL's gpt2-sentiment example). Offline by default: "
-        "stories260K continues story openings, VADER scores the sentiment; --reward_model takes a classifier.",
+        RECIPE_HELP["sentiment"],
         (SentimentArguments, PPOConfig, ModelConfig, RLLoopArguments),
         prog=prog,
         help_overrides={"reward_model": REWARD_MODEL_HELP},

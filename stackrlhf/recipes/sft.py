@@ -20,6 +20,7 @@ from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
+from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.recipes.validation import check_trainer_checkpoint
@@ -114,7 +115,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "sft",
-        "Supervised fine-tuning (StackLLaMA stage 1) with TRL's SFTTrainer, LoRA and 8/4-bit loading.",
+        RECIPE_HELP["sft"],
         (DataArguments, SFTConfig, ModelConfig),
         prog=prog,
         check=check_arguments,

@@ -23,7 +23,7 @@ from pathlib import Path
 from stackrlhf.cache import BrokenEntry, check_adapter, check_model, ensure_entry
 from stackrlhf.configs import resolve_config
 from stackrlhf.models.bundled import cache_root
-from stackrlhf.recipes import merge, reward, sft
+from stackrlhf.recipes import RECIPE_HELP, merge, reward, sft
 from stackrlhf.recipes.runner import parse_config, recipe_parser
 
 PIPELINE_VERSION = "v2"
@@ -127,8 +127,7 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
     return recipe_parser(
         subparsers,
         "stages",
-        f"Build the offline SFT, merge and reward stages ({SFT_CONFIG}, {REWARD_CONFIG}) that a bare "
-        "`ppo_stackllama.py` run uses, once, into the cache (a run builds them itself when they are missing).",
+        RECIPE_HELP["stages"],
         (StagesArguments,),
         prog=prog,
     )
