@@ -86,6 +86,8 @@ def _with_offline_config(recipe: str, defaults: dict[str, Any]) -> dict[str, Any
     (`tiny/<recipe>`), as its parser resolves them (TRL's ModelConfig reads a one-item `lora_target_modules` list as
     the string)."""
     offline = {key: value for key, value in read_config(f"tiny/{recipe}").items() if key in defaults}
+    if "activation_checkpointing" in offline:  # transformers mirrors it into its deprecated alias
+        offline["gradient_checkpointing"] = offline["activation_checkpointing"]
     modules = offline.get("lora_target_modules")
     if isinstance(modules, list) and len(modules) == 1:
         offline["lora_target_modules"] = modules[0]
