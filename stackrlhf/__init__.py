@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from stackrlhf import quiet
 from stackrlhf.lazy import lazy_exports
 
 __version__ = "0.1.0"
+
+quiet.install()
 
 _EXPORTS = {
     "AdaptiveKLController": "stackrlhf.core",

@@ -30,6 +30,7 @@ RUN_OUTPUTS = (
     "stats.jsonl",
     "samples.json",
     "plots",
+    "runs",
     "checkpoint-*",
     "adapter_config.json",
     "adapter_model.safetensors",

@@ -21,8 +21,10 @@ from trl import TrlParser
 
 from stackrlhf.configs import offline_config, read_config, resolve_config
 from stackrlhf.errors import ConfigError, StackRLHFError, one_line
+from stackrlhf.launch import check_launch
 from stackrlhf.outputs import guard_run_outputs
 from stackrlhf.recipes.validation import validate_arguments, validate_options
+from stackrlhf.trainer.ppo_config import set_default_logging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,13 @@ class RunArguments:
             "help": "Training recipes (sft, reward, ppo, sentiment): delete the outputs of an earlier run found in "
             "--output_dir (statistics, samples, checkpoints, model files; nothing else) before starting. Without it, "
             "such a directory is refused unless the run resumes with --resume_from_checkpoint."
+        },
+    )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Show the third-party messages stackrlhf filters as noise you cannot act on (stackrlhf.quiet "
+            "lists them); STACKRLHF_VERBOSE=1 does the same."
         },
     )
 
@@ -139,6 +148,7 @@ def _parse(parser: TrlParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
     except (ValueError, TypeError) as err:
         raise ConfigError(one_line(err)) from err
     validate_arguments(arguments[:-1], getattr(parser, "recipe_check", None))
+    set_default_logging_dir(arguments[:-1])
     return arguments
 
 
@@ -153,6 +163,7 @@ def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] 
         if run_args.dry_run:
             print(dump_config(*arguments))
         else:
+            check_launch()  # a launch whose processes do not form one group stops before writing anything
             guard_run_outputs(arguments, overwrite=run_args.overwrite_output_dir)
             main(*arguments)
     except StackRLHFError as err:

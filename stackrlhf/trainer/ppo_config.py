@@ -10,7 +10,11 @@ values (`backward_batch_size`, `total_ppo_epochs`) and runs the same checks. Dif
 - The deprecated `optimize_cuda_cache` alias really sets `optimize_device_cache` (0.11.4 checked it in the class
   body, where the user's value never reached it).
 - Bad values raise `stackrlhf.errors.ConfigError` (a `ValueError`) with a one-line message, instead of an
-  `AssertionError` or a crash later in training; `log_with="wandb"` without wandb installed is one of them.
+  `AssertionError` or a crash later in training; a `log_with` that is not one of accelerate's trackers (nor `all`,
+  which would log to whichever happen to be installed), or one whose package is missing (accelerate would silently
+  log nowhere), is one of them.
+- In a recipe, trackers that write files (tensorboard, aim) log under `<output_dir>/runs` unless `project_kwargs`
+  names a `logging_dir` or `project_dir` (`set_default_logging_dir`); 0.11.4 failed without one.
 - The dictionary options accept a JSON string, so they can be given on the command line.
 - There is no `FutureWarning` about `PPOConfig` being deprecated.
 
@@ -23,22 +27,30 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import is_wandb_available
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
 from stackrlhf.core import exact_div, flatten_dict
 from stackrlhf.errors import ConfigError
 
-__all__ = ["DEFAULT_MINI_BATCH_SIZE", "KL_PENALTIES", "PPOConfig"]
+__all__ = ["DEFAULT_LOGGING_DIR", "DEFAULT_MINI_BATCH_SIZE", "KL_PENALTIES", "TRACKERS", "PPOConfig"]
 
 KL_PENALTIES = ("kl", "abs", "mse", "full")
 """Accepted `kl_penalty` values (see the field's help)."""
 
 DEFAULT_MINI_BATCH_SIZE = 128
 """TRL 0.11.4's default `mini_batch_size`, used when the field is left unset."""
+
+TRACKERS = tuple(LOGGER_TYPE_TO_CLASS)
+"""Accepted `log_with` values: every experiment tracker accelerate supports (each needs its own package)."""
+
+DEFAULT_LOGGING_DIR = "runs"
+"""Where, under a recipe's `output_dir`, trackers log when `project_kwargs` names no directory."""
 
 _JSON_DICT_FIELDS = ("tracker_kwargs", "accelerator_kwargs", "project_kwargs", "push_to_hub_if_best_kwargs")
 
@@ -77,7 +89,10 @@ class PPOConfig:
     log_with: str | None = field(
         default=None,
         metadata={
-            "help": "Experiment tracker that Accelerate logs to, such as `wandb` or `tensorboard`; unset logs nowhere."
+            "help": f"Experiment tracker that Accelerate logs to, one of {', '.join(TRACKERS)} (its package must be "
+            "installed, e.g. pip install tensorboard); unset logs nowhere. tensorboard and aim write under "
+            f"`project_kwargs`' `logging_dir`, in the recipes by default `<output_dir>/{DEFAULT_LOGGING_DIR}`.",
+            "choices": list(TRACKERS),
         },
     )
     task_name: str | None = field(
@@ -323,8 +338,11 @@ class PPOConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
-        if self.log_with == "wandb" and not is_wandb_available():
-            raise ConfigError("log_with='wandb' needs the wandb package: pip install wandb.")
+        if self.log_with is not None and self.log_with not in TRACKERS:
+            raise ConfigError(f"log_with={self.log_with!r} is not one of {', '.join(TRACKERS)}.")
+        if self.log_with is not None and not tracker_is_available(self.log_with):
+            package = self.log_with
+            raise ConfigError(f"log_with={package!r} needs the {package} package: pip install {package}.")
 
         self.total_ppo_epochs = int(np.ceil(self.steps / self.batch_size))
 
@@ -334,6 +352,23 @@ class PPOConfig:
         An empty dictionary option contributes no entry (as in TRL 0.11.4). Suitable as a tracker's config.
         """
         return flatten_dict(dict(self.__dict__))
+
+
+def tracker_is_available(name: str) -> bool:
+    """Whether the package of tracker `name` (one of `TRACKERS`) is installed."""
+    return name in {str(tracker) for tracker in get_available_trackers()}
+
+
+def set_default_logging_dir(configs: Sequence[Any]) -> None:
+    """Give the `PPOConfig` among a recipe's parsed `configs`, when it logs to a tracker and its `project_kwargs` name
+    neither a `logging_dir` nor a `project_dir`, the `logging_dir` `<output_dir>/runs`, `output_dir` being the first
+    config's that has one (tensorboard then writes to `<output_dir>/runs/<tracker_project_name>`)."""
+    ppo_config = next((config for config in configs if isinstance(config, PPOConfig)), None)
+    output_dir = next((config.output_dir for config in configs if getattr(config, "output_dir", None)), None)
+    if ppo_config is None or ppo_config.log_with is None or output_dir is None:
+        return
+    if not {"logging_dir", "project_dir"} & set(ppo_config.project_kwargs):
+        ppo_config.project_kwargs["logging_dir"] = str(Path(output_dir) / DEFAULT_LOGGING_DIR)
 
 
 def _as_json_dict(name: str, value: Any) -> dict[str, Any]:

@@ -178,11 +178,11 @@ def test_json_options_accept_dicts_strings_and_none():
 
 
 def test_wandb_logging_needs_wandb(monkeypatch):
-    monkeypatch.setattr(ppo_config, "is_wandb_available", lambda: False)
+    monkeypatch.setattr(ppo_config, "tracker_is_available", lambda name: name != "wandb")
     with pytest.raises(ConfigError, match="^log_with='wandb' needs the wandb package"):
         PPOConfig(log_with="wandb")
     assert make_quietly(log_with="tensorboard").log_with == "tensorboard"
-    monkeypatch.setattr(ppo_config, "is_wandb_available", lambda: True)
+    monkeypatch.setattr(ppo_config, "tracker_is_available", lambda name: True)
     assert make_quietly(log_with="wandb").log_with == "wandb"
 
 
