@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stackrlhf-installed
 
-.PHONY: demo test test-fast lint install
+.PHONY: demo test test-fast test-deepspeed lint install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not subprocess"
+
+# DeepSpeed ZeRO-2/3 runs of every recipe on the CPU (DS_ACCELERATOR=cpu; DeepSpeed builds one C++ op with g++ on
+# first use). `make test` skips them when deepspeed is not installed.
+test-deepspeed: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,deepspeed]"
+	$(BIN)/python -m pytest -q tests/scaleout/test_deepspeed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

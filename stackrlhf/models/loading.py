@@ -304,8 +304,11 @@ def skeleton_model(
     except (OSError, ValueError) as err:
         raise _cannot_load(model_args.model_name_or_path, "its config", err) from err
     auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
-    with init_empty_weights():
-        return auto_class.from_config(config, trust_remote_code=trust_remote_code)
+    model_class = auto_class._model_mapping.get(type(config), None)  # the class itself: `from_config` would build it
+    with init_empty_weights():  # inside DeepSpeed's ZeRO-3 `zero.Init` when a launch enables it, and fail on meta
+        if model_class is None:  # remote code: only `from_config` knows the class
+            return auto_class.from_config(config, trust_remote_code=trust_remote_code)
+        return model_class(config)
 
 
 def _cannot_load(name: str, what: str, err: Exception) -> ConfigError:

@@ -27,6 +27,7 @@ from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.recipes.validation import check_trainer_checkpoint
 from stackrlhf.rewards.scorers import RewardScorer
+from stackrlhf.trainer.deepspeed import check_settings as check_deepspeed_settings
 from stackrlhf.trainer.reporting import write_summary
 
 
@@ -41,12 +42,19 @@ def check_arguments(data_args: DataArguments, training_args: RewardConfig, model
 
     Raises:
         ConfigError: conflicting model settings, a missing or broken local model directory, a
-            `--resume_from_checkpoint` that is no checkpoint, or evaluation during training (the held-out pairs
+            `--resume_from_checkpoint` that is no checkpoint, settings that differ from `accelerate launch`'s DeepSpeed
+            config, or evaluation during training (the held-out pairs
             are scored once, after it).
     """
     check_model_config(model_args, training=True)
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
     check_trainer_checkpoint(training_args.resume_from_checkpoint)
+    check_deepspeed_settings(
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        micro_batch_size=training_args.per_device_train_batch_size,
+        what="the reward recipe",
+    )
     if training_args.eval_strategy != "no":
         raise ConfigError(
             f"--eval_strategy {training_args.eval_strategy.value}: the reward recipe scores its held-out pairs once, "

@@ -24,6 +24,7 @@ from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.recipes.validation import check_trainer_checkpoint
+from stackrlhf.trainer.deepspeed import check_settings as check_deepspeed_settings
 from stackrlhf.trainer.reporting import write_summary
 
 
@@ -32,12 +33,19 @@ def check_arguments(data_args: DataArguments, training_args: SFTConfig, model_ar
 
     Raises:
         ConfigError: conflicting model settings, a missing or broken local model directory, a
-            `--resume_from_checkpoint` that is no checkpoint, or evaluation during training with no held-out rows
+            `--resume_from_checkpoint` that is no checkpoint, settings that differ from `accelerate launch`'s DeepSpeed
+            config, or evaluation during training with no held-out rows
             (`--eval_samples 0`).
     """
     check_model_config(model_args, training=True)
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
     check_trainer_checkpoint(training_args.resume_from_checkpoint)
+    check_deepspeed_settings(
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        micro_batch_size=training_args.per_device_train_batch_size,
+        what="the SFT recipe",
+    )
     if data_args.eval_samples == 0 and training_args.eval_strategy != "no":
         raise ConfigError(
             f"--eval_strategy {training_args.eval_strategy.value} evaluates during training, but --eval_samples 0 "

@@ -4,7 +4,8 @@ A checkpoint directory `checkpoint-{step}` holds
 
 * `policy/`: the policy (adapter + value head, or the whole model), loadable on its own with `from_pretrained`;
 * `trainable.safetensors`: every trainable parameter (policy adapter, value head) by its name in the model;
-* `optimizer.safetensors` + `optimizer.json`: the optimizer's state tensors and the rest of its state dict;
+* `optimizer.safetensors` + `optimizer.json`: the optimizer's state tensors and the rest of its state dict (under
+  DeepSpeed, `optimizer_{rank}.*`: each process's part of the ZeRO optimizer);
 * `trainer_state.json`: the loop position (next step), the number of processes, the caller's extra fields and,
   under `trainer`, the rest of the trainer's `state_dict()` (for `PPOTrainer`: its step counter, the KL
   controller's coefficient, the running score moments and the LR scheduler's state);
@@ -42,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from stackrlhf.atomic import remove_atomically, write_atomically
 from stackrlhf.errors import ConfigError
 from stackrlhf.outputs import writing
+from stackrlhf.trainer.deepspeed import full_parameters, uses_deepspeed
 from stackrlhf.trainer.protocol import RLTrainer
 
 logger = logging.getLogger(__name__)
@@ -264,16 +266,17 @@ def save_ppo_checkpoint(
     """
     accelerator = trainer.accelerator
     rng_states = gather_object([rng_state()])  # one per process; [this one's] in a single process
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return None
+    per_process = uses_deepspeed(accelerator)  # each process holds its own part of a ZeRO optimizer
+    own_state = trainer.state_dict()
+    optimizer_states = [own_state.pop("optimizer")]  # tensors: to safetensors, the rest to JSON
+    if per_process:
+        optimizer_states = gather_object(optimizer_states)
     model = accelerator.unwrap_model(trainer.model)
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
-    own_state = trainer.state_dict()
-    optimizer_state = own_state.pop("optimizer")  # tensors: to safetensors, the rest to JSON
     trainer_state = {
         "step": step,
         "world_size": accelerator.num_processes,
+        "optimizer_per_process": per_process,
         "settings": normalized(settings or {}),
         "extra": extra,
         "trainer": own_state,
@@ -283,20 +286,27 @@ def save_ppo_checkpoint(
         save_policy_safetensors(model, directory / "policy")
         trainer.tokenizer.save_pretrained(directory / "policy")
         save_file(
-            {name: param.detach().cpu().contiguous() for name, param in trainable.items()},
+            {name: param.detach().cpu().clone() for name, param in trainable.items()},
             str(directory / "trainable.safetensors"),
         )
-        save_state(directory, "optimizer", optimizer_state)
+        if per_process:
+            for rank, state in enumerate(optimizer_states):
+                save_state(directory, f"optimizer_{rank}", state)
+        else:
+            save_state(directory, "optimizer", optimizer_states[0])
         for rank, state in enumerate(rng_states):
             save_state(directory, f"rng_state_{rank}", state)
         (directory / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=_json_default))
         write_manifest(directory)
 
     name = f"{CHECKPOINT_PREFIX}{step}"
-    with writing(name, output_dir):
-        path = write_atomically(output_dir, name, write)
-    with writing(f"checkpoints beyond save_total_limit={save_total_limit}", output_dir, action="delete"):
-        rotate_checkpoints(output_dir, save_total_limit, newest_step=step)
+    path = None
+    with full_parameters(trainable.values()):  # ZeRO-3: whole on every process while the main one writes
+        if accelerator.is_main_process:
+            with writing(name, output_dir):
+                path = write_atomically(output_dir, name, write)
+            with writing(f"checkpoints beyond save_total_limit={save_total_limit}", output_dir, action="delete"):
+                rotate_checkpoints(output_dir, save_total_limit, newest_step=step)
     accelerator.wait_for_everyone()
     return path
 
@@ -309,7 +319,7 @@ def save_policy_safetensors(model: Any, directory: Path) -> None:
         model.save_pretrained(directory)
         return
     model.pretrained_model.save_pretrained(directory)
-    value_head = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    value_head = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()}  # not a view
     save_file(value_head, str(directory / "model.safetensors"))
 
 
@@ -329,9 +339,10 @@ def load_ppo_checkpoint(
         `{"step": steps done, "extra": the caller's fields}`.
 
     Raises:
-        ConfigError: (checked in this order) the checkpoint was written by a run with another number of processes,
-            it is damaged (a file missing, truncated or changed), its parameters do not match the model's trainable
-            ones, it was written with other settings, or its trainer state does not fit `trainer.load_state_dict`.
+        ConfigError: (checked in this order) the checkpoint was written by a run with another number of processes
+            or with DeepSpeed where this run has none (or the reverse), it is damaged (a file missing, truncated or
+            changed), its parameters do not match the model's trainable ones, it was written with other settings, or
+            its trainer state does not fit `trainer.load_state_dict`.
     """
     checkpoint = Path(checkpoint)
     accelerator = trainer.accelerator
@@ -345,6 +356,12 @@ def load_ppo_checkpoint(
             f"{checkpoint} was written by {trainer_state['world_size']} processes; this run has "
             f"{accelerator.num_processes}. Resume with the same number of processes."
         )
+    if trainer_state.get("optimizer_per_process", False) != uses_deepspeed(accelerator):
+        written, now = ("with", "without") if trainer_state.get("optimizer_per_process") else ("without", "with")
+        raise ConfigError(
+            f"{checkpoint} was written {written} DeepSpeed and this run is {now} it: resume with the accelerate "
+            "config of the run that wrote it."
+        )
     if "trainer" not in trainer_state:
         raise ConfigError(f"{checkpoint}: {TRAINER_STATE_FILE} has no trainer state (an older stackrlhf wrote it).")
     if verify and (problem := checkpoint_problem(checkpoint)) is not None:
@@ -352,6 +369,22 @@ def load_ppo_checkpoint(
     model = accelerator.unwrap_model(trainer.model)
     trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
     saved = load_file(str(checkpoint / "trainable.safetensors"))
+    with full_parameters(trainable.values(), modify=True):  # ZeRO-3: whole, then partitioned again
+        _load_trainable(checkpoint, trainable, saved, trainer_state, settings)
+    optimizer_file = f"optimizer_{accelerator.process_index}" if uses_deepspeed(accelerator) else "optimizer"
+    trainer.load_state_dict(trainer_state["trainer"] | {"optimizer": load_state(checkpoint, optimizer_file)})
+    set_rng_state(load_state(checkpoint, f"rng_state_{accelerator.process_index}"))
+    return {"step": trainer_state["step"], "extra": trainer_state["extra"]}
+
+
+def _load_trainable(
+    checkpoint: Path,
+    trainable: dict[str, torch.Tensor],
+    saved: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    settings: dict[str, Any] | None,
+) -> None:
+    """Check the checkpoint's parameters and settings against this run's, then copy its parameters in."""
     mismatched = sorted(
         name for name in set(saved) | set(trainable)
         if name not in saved or name not in trainable or saved[name].shape != trainable[name].shape
@@ -370,9 +403,6 @@ def load_ppo_checkpoint(
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(saved[name])
-    trainer.load_state_dict(trainer_state["trainer"] | {"optimizer": load_state(checkpoint, "optimizer")})
-    set_rng_state(load_state(checkpoint, f"rng_state_{accelerator.process_index}"))
-    return {"step": trainer_state["step"], "extra": trainer_state["extra"]}
 
 
 def normalized(settings: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
-from trl.models.utils import unwrap_model_for_generation
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 
 from stackrlhf.core import (
     WANDB_PADDING,
@@ -72,6 +72,7 @@ from stackrlhf.models.modeling_value_head import (
     AutoModelForSeq2SeqLMWithValueHead,
     create_reference_model,
 )
+from stackrlhf.trainer.deepspeed import fill_ppo_config, full_parameters, is_zero3, uses_deepspeed
 from stackrlhf.trainer.lean_forward import checkpointed_eval_forward, token_logprobs_and_entropy
 from stackrlhf.trainer.ppo_config import PPOConfig
 
@@ -206,14 +207,18 @@ class PPOTrainer:
             self.model.gradient_checkpointing_enable()
             self.model.pretrained_model.enable_input_require_grads()
 
+        self.is_deepspeed = uses_deepspeed(self.accelerator)
+        if self.is_deepspeed:  # no dataloader tells accelerate the micro-batch: the trainer's values fill "auto"
+            fill_ppo_config(self.accelerator, config, self.model)
         (self.model, self.optimizer, self.data_collator, self.dataloader, self.lr_scheduler) = (
             self.accelerator.prepare(
                 self.model, self.optimizer, self.data_collator, self.dataloader, self.lr_scheduler
             )
         )
-        is_deepspeed_used = self.accelerator.distributed_type == "DEEPSPEED"
-        if is_deepspeed_used and self.ref_model is not None:
-            self.ref_model = self._prepare_deepspeed(self.ref_model)
+        self.is_zero3 = is_zero3(self.accelerator)
+        if self.is_deepspeed and self.ref_model is not None:
+            if not (self.ref_model.is_loaded_in_8bit or self.ref_model.is_loaded_in_4bit):  # those are placed already
+                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)  # ZeRO-3: sharded, else stage 0
         elif self.ref_model is not None:
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)  # frozen: no DDP
 
@@ -697,8 +702,9 @@ class PPOTrainer:
     def _head_applies_in_chunks(self, model: torch.nn.Module, model_inputs: dict[str, torch.Tensor]) -> bool:
         """Whether the causal LM's logits are exactly its output layer applied to its last hidden state (no logit
         scaling or soft-capping after the head, `logits_to_keep` honoured). Checked once, on the first inputs
-        (without gradients): models that fail keep 0.11.4's whole-sequence logits, with a warning."""
-        if self.is_encoder_decoder:
+        (without gradients): models that fail keep 0.11.4's whole-sequence logits, with a warning. Under ZeRO-3 the
+        head's weight is partitioned outside the model's forward: whole-sequence logits too."""
+        if self.is_encoder_decoder or self.is_zero3:
             return False
         unwrapped = self.accelerator.unwrap_model(model)
         if id(unwrapped) not in self._chunked_head:
@@ -1006,13 +1012,17 @@ class PPOTrainer:
         with tensors), `lr_scheduler` (its state dict, or None without one). Everything but `optimizer` is
         JSON-safe (numbers may be numpy scalars). Not included: the model's weights and the random generators,
         which belong to the model and the process.
+
+        Under DeepSpeed, `optimizer` is this process's part of the ZeRO optimizer: `base`, the state dict of the
+        torch optimizer over its flat float32 partitions, and `fp32`, those partitions (the master weights); each
+        process has its own.
         """
         running = self.running
         return {
             "current_step": self.current_step,
             "kl_coef": self.kl_ctl.value,
             "running_moments": {"mean": running.mean, "std": running.std, "var": running.var, "count": running.count},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._zero_state() if self.is_deepspeed else self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
         }
 
@@ -1029,18 +1039,28 @@ class PPOTrainer:
         self.kl_ctl.value = state["kl_coef"]
         for key, value in state["running_moments"].items():
             setattr(self.running, key, value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.is_deepspeed:
+            self._load_zero_state(state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
 
     # ------------------------------------------------------------------------------------------------ saving
     def save_pretrained(self, save_directory: str | Path) -> None:
-        """Save the policy (adapter + value head for peft models) and the tokenizer to `save_directory`."""
-        if self.accelerator.is_main_process:
-            self._save_pretrained(str(save_directory))
+        """Save the policy (adapter + value head for peft models) and the tokenizer to `save_directory`. Under
+        ZeRO-3 with several processes, call it on every process: the partitioned weights are gathered first."""
+        model = self.accelerator.unwrap_model(self.model)
+        saved = [param for param in model.parameters() if param.requires_grad or not self.is_peft_model]
+        with full_parameters(saved):
+            if self.accelerator.is_main_process:
+                self._save_pretrained(str(save_directory))
 
     def _save_pretrained(self, save_directory: str) -> None:
-        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
+        model = self.accelerator.unwrap_model(self.model)
+        # copies: under ZeRO-1/2 the weights are views of DeepSpeed's flat buffers, which torch.save would write whole
+        state_dict = {key: value.detach().clone().cpu() for key, value in model.state_dict().items()}
+        model.save_pretrained(save_directory, state_dict=state_dict)
         self.tokenizer.save_pretrained(save_directory)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> None:
@@ -1048,25 +1068,48 @@ class PPOTrainer:
         self.accelerator.unwrap_model(self.model).push_to_hub(repo_id, **kwargs)
         self.tokenizer.push_to_hub(repo_id, **kwargs)
 
-    def _prepare_deepspeed(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Wrap the reference model in DeepSpeed inference (ZeRO-3 sharded like the policy, else stage 0)."""
-        import deepspeed
+    @contextmanager
+    def _zero_optimizer(self) -> Iterator[tuple[typing.Any, Tensors]]:
+        """DeepSpeed's ZeRO optimizer (under accelerate's wrapper) and its float32 partitions, one per group; within
+        the block the torch optimizer inside it holds those partitions (ZeRO-3 hands them to it only to step)."""
+        zero = self.optimizer.optimizer
+        if not self.is_zero3:
+            yield zero, zero.single_partition_of_fp32_groups
+            return
+        zero._set_fp32_optimizer_param_groups()
+        try:
+            yield zero, zero.fp32_partitioned_groups_flat
+        finally:
+            zero._clear_fp32_optimizer_param_groups()
 
-        config_kwargs = dict(self.accelerator.state.deepspeed_plugin.deepspeed_config)
-        hidden_size = getattr(getattr(model, "config", None), "hidden_size", None)
-        if config_kwargs["zero_optimization"]["stage"] == 3 and hidden_size is not None:
-            config_kwargs.update(
-                {
-                    "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
-                    "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
-                    "zero_optimization.stage3_prefetch_bucket_size": 0.9 * hidden_size * hidden_size,
-                }
-            )
+    def _zero_state(self) -> dict[str, typing.Any]:
+        with self._zero_optimizer() as (zero, partitions):
+            return {
+                "base": zero.optimizer.state_dict(),
+                "fp32": [partition.detach().clone() for partition in partitions],
+            }
+
+    def _load_zero_state(self, state: dict[str, typing.Any]) -> None:
+        """Restore `_zero_state`: the torch optimizer's state, the master weights, and from them the model's."""
+        _check_keys("DeepSpeed optimizer state", state, ("base", "fp32"))
+        with self._zero_optimizer() as (zero, partitions):
+            if [saved.shape for saved in state["fp32"]] != [partition.shape for partition in partitions]:
+                raise ConfigError(
+                    "the checkpoint's DeepSpeed optimizer partitions do not fit this run's: resume with the same "
+                    "accelerate config, number of processes and model settings."
+                )
+            zero.optimizer.load_state_dict(state["base"])
+            for partition, saved in zip(partitions, state["fp32"], strict=True):
+                partition.data.copy_(saved)
+        if self.is_zero3:  # as DeepSpeed's own ZeRO-3 loading: the flat partitions, then the parameters' views
+            for flat, partition, params in zip(
+                zero.fp16_partitioned_groups_flat, partitions, zero.fp16_partitioned_groups, strict=True
+            ):
+                flat.data.copy_(partition.data)
+                for param, value in zip(params, zero.unflatten(flat, params), strict=True):
+                    param.data = value.data
         else:
-            config_kwargs["zero_optimization"]["stage"] = 0
-        engine, *_ = deepspeed.initialize(model=model, config=config_kwargs)
-        engine.eval()
-        return engine
+            zero.update_lp_params()
 
 
 def _check_keys(what: str, state: dict[str, typing.Any], expected: tuple[str, ...]) -> None:

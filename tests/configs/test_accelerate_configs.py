@@ -18,13 +18,15 @@ ROOT = Path(__file__).parents[2]
         ("single_gpu", DistributedType.NO),
         ("multi_gpu", DistributedType.MULTI_GPU),
         ("deepspeed_zero2", DistributedType.DEEPSPEED),
+        ("deepspeed_zero3", DistributedType.DEEPSPEED),
     ],
 )
 def test_accelerate_reads_each_config(name, distributed_type):
     config = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert config.distributed_type == distributed_type
-    if name == "deepspeed_zero2":
-        assert config.deepspeed_config["zero_stage"] == 2
+    if name.startswith("deepspeed_zero"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+        assert config.mixed_precision == "no"  # as the recipes' offline defaults train
 
 
 @pytest.mark.subprocess
