@@ -35,6 +35,8 @@ RECIPE_MODULES = {
     "merge": "stackrlhf.recipes.merge",
     "ppo": "stackrlhf.recipes.ppo",
     "sentiment": "stackrlhf.recipes.sentiment",
+    "dpo": "stackrlhf.recipes.dpo",
+    "grpo": "stackrlhf.recipes.grpo",
     "evaluate": "stackrlhf.recipes.evaluate",
     "stages": "stackrlhf.recipes.stages",
     "plan": "stackrlhf.planner.cli",

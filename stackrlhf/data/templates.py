@@ -4,7 +4,8 @@ A preference dataset has string columns ``question``, ``chosen`` and ``rejected`
 
 - SFT: ``text`` = ``"Question: {question}\\n\\nAnswer: {chosen}"``;
 - reward modelling: ``chosen`` / ``rejected`` = the same template with either answer;
-- PPO: ``query`` = ``"Question: {question}\\n\\nAnswer: "``, the prompt the policy completes.
+- PPO: ``query`` = ``"Question: {question}\\n\\nAnswer: "``, the prompt the policy completes;
+- DPO: ``prompt`` = that same query, ``chosen`` / ``rejected`` = the answers alone (TRL's explicit-prompt format).
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def to_reward_dataset(pairs: Dataset) -> Dataset:
         {
             "chosen": [format_answer(q, a) for q, a in zip(questions, pairs["chosen"], strict=True)],
             "rejected": [format_answer(q, a) for q, a in zip(questions, pairs["rejected"], strict=True)],
+        }
+    )
+
+
+def to_dpo_dataset(pairs: Dataset) -> Dataset:
+    """DPO shape: columns ``prompt`` (the question's prompt, ending in ``"Answer: "``), ``chosen`` and ``rejected``
+    (the answers alone), the explicit-prompt preference format of TRL's `DPOTrainer`."""
+    return string_dataset(
+        {
+            "prompt": [format_prompt(q) for q in pairs["question"]],
+            "chosen": list(pairs["chosen"]),
+            "rejected": list(pairs["rejected"]),
         }
     )
 

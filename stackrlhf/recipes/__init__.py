@@ -9,6 +9,10 @@ RECIPE_HELP = {
     "a second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
     "sentiment": "Quick start: PPO makes a small LM write positive text (TRL's gpt2-sentiment example). Offline by "
     "default: stories260K continues story openings, VADER scores the sentiment; --reward_model takes a classifier.",
+    "dpo": "DPO (StackLLaMA 2) with TRL's DPOTrainer on the reward recipe's preference pairs: LoRA policy, reference "
+    "= adapter off, 8/4-bit loading. No arguments: an offline run from the cached SFT stage.",
+    "grpo": "GRPO or RLOO (--algorithm rloo) with TRL's trainers on one shared base: LoRA policy, reference = "
+    "adapter off, reward = a second adapter (or a separate --reward_model). No arguments: a complete offline demo.",
     "evaluate": "Score a PPO policy and its reference (adapter disabled) on held-out prompts with the reward model: "
     "mean rewards and the policy's win rate, saved as JSON.",
     "stages": "Build the offline SFT, merge and reward stages (tiny/sft, tiny/reward) that a bare "

@@ -1,6 +1,7 @@
 """Rewards: texts (query + response) in, one float per text out, checked before an update sees them.
 
 * `AdapterRewardScorer`: the reward adapter on the policy's own base model (StackLLaMA, shared base);
+* `SharedBaseRewardScorer`: the same inside TRL's `GRPOTrainer` / `RLOOTrainer`, on the trainer's own peft model;
 * `RewardScorer`: a separate sequence-classification reward model (StackLLaMA, as published);
 * `VaderSentimentReward` / `ClassifierSentimentReward`: the sentiment quick start's rewards;
 * `check_rewards`: the contract (as many finite floats as texts), raising `RewardError`;
@@ -28,6 +29,7 @@ _EXPORTS = {
     "as_trl_reward_func": "stackrlhf.rewards.trl_adapter",
     "AdapterRewardScorer": "stackrlhf.rewards.scorers",
     "RewardScorer": "stackrlhf.rewards.scorers",
+    "SharedBaseRewardScorer": "stackrlhf.rewards.shared_base",
     "ClassifierSentimentReward": "stackrlhf.rewards.sentiment",
     "VaderSentimentReward": "stackrlhf.rewards.sentiment",
 }
@@ -39,6 +41,7 @@ __all__ = [
     "RewardError",
     "RewardFunction",
     "RewardScorer",
+    "SharedBaseRewardScorer",
     "VaderSentimentReward",
     "as_trl_reward_func",
     "build_reward",
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from stackrlhf.rewards.contract import RewardError, RewardFunction, check_rewards
     from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
     from stackrlhf.rewards.sentiment import ClassifierSentimentReward, VaderSentimentReward
+    from stackrlhf.rewards.shared_base import SharedBaseRewardScorer
     from stackrlhf.rewards.trl_adapter import as_trl_reward_func
 
 
