@@ -29,13 +29,12 @@ from trl import DPOConfig, DPOTrainer, ModelConfig
 from stackrlhf.data import DataArguments, to_dpo_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_model_config, check_model_path, read_adapter
-from stackrlhf.outputs import writing
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.recipes.validation import check_trainer_checkpoint
-from stackrlhf.trainer.reporting import write_summary
+from stackrlhf.trainer.reporting import save_figure, write_summary
 
 PLOT_FILE = Path("plots") / "dpo.png"
 PLOTTED = {"loss": "DPO loss", "rewards/accuracies": "reward accuracy", "rewards/margins": "reward margin"}
@@ -163,13 +162,7 @@ def plot_log_history(log_history: list[dict[str, Any]], path: Path) -> Path | No
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    try:
-        with writing(path.name, path.parent):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=110)
-    finally:
-        plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main(data_args: DataArguments, training_args: DPOConfig, model_args: ModelConfig) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from datasets import Dataset
 from peft import PeftModel
@@ -63,11 +62,11 @@ from stackrlhf.rewards.contract import RewardFunction
 from stackrlhf.rewards.shared_base import SharedBaseRewardScorer
 from stackrlhf.rewards.trl_adapter import as_trl_reward_func
 from stackrlhf.trainer.reporting import (
-    SMOOTHING,
     STATS_FILE,
     StatsLog,
     format_bytes,
     format_table,
+    plot_stats,
     read_stats,
     summarize,
     write_samples,
@@ -348,41 +347,6 @@ def memory_roles(
     return roles
 
 
-def plot_stats(records: Sequence[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Plot mean reward, KL, loss and completion length per step into one PNG; None (and a warning) without
-    matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'stackrlhf[plots]'): no plots written.")
-        return None
-    steps = [record["step"] + 1 for record in records]
-    figure, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
-    for axis, (key, label) in zip(axes.flat, PLOTTED.items(), strict=True):
-        values = np.array([record.get(key, float("nan")) for record in records], dtype=float)
-        axis.plot(steps, values, marker=".", linewidth=0.8, alpha=0.6, label="per step")
-        if len(values) >= 2 * SMOOTHING:
-            smooth = np.convolve(values, np.ones(SMOOTHING) / SMOOTHING, mode="valid")
-            axis.plot(steps[SMOOTHING - 1 :], smooth, linewidth=2, label=f"mean of {SMOOTHING} steps")
-            axis.legend(fontsize=8)
-        axis.set_title(label)
-        axis.grid(alpha=0.3)
-    for axis in axes[1]:
-        axis.set_xlabel("step")
-    figure.suptitle(title)
-    figure.tight_layout()
-    try:
-        with writing(path.name, path.parent):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=110)
-    finally:
-        plt.close(figure)
-    return path
-
-
 def end_of_run_table(result: dict[str, Any], samples: dict[str, list[dict[str, Any]]]) -> str:
     """The printed summary: steps, mean reward of the first and last 20% of steps, KL, time, memory per role."""
     name = result["algorithm"].upper()
@@ -481,7 +445,7 @@ def train_group_rl(
     write_samples(output_dir, samples)
     records = read_stats(output_dir / STATS_FILE)
     title = f"{rl_args.algorithm.upper()}: {reward_name}"
-    plot = plot_stats(records, output_dir / "plots" / "training.png", title) if records else None
+    plot = plot_stats(records, output_dir / "plots" / "training.png", title, PLOTTED, "step") if records else None
     result = {
         **summary,
         "reward": reward_name,

@@ -20,14 +20,11 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 from stackrlhf.data import DataArguments, to_reward_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.metrics import PAIRWISE_ACCURACY
-from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
-from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
-from stackrlhf.recipes.validation import check_trainer_checkpoint
+from stackrlhf.recipes.setup import check_trainer_run, prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.rewards.scorers import RewardScorer
-from stackrlhf.trainer.deepspeed import check_settings as check_deepspeed_settings
 from stackrlhf.trainer.reporting import write_summary
 
 
@@ -46,15 +43,7 @@ def check_arguments(data_args: DataArguments, training_args: RewardConfig, model
             config, or evaluation during training (the held-out pairs
             are scored once, after it).
     """
-    check_model_config(model_args, training=True)
-    check_model_path(model_args.model_name_or_path, "model_name_or_path")
-    check_trainer_checkpoint(training_args.resume_from_checkpoint)
-    check_deepspeed_settings(
-        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        micro_batch_size=training_args.per_device_train_batch_size,
-        what="the reward recipe",
-    )
+    check_trainer_run(training_args, model_args, "the reward recipe")
     if training_args.eval_strategy != "no":
         raise ConfigError(
             f"--eval_strategy {training_args.eval_strategy.value}: the reward recipe scores its held-out pairs once, "

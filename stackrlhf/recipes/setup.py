@@ -16,10 +16,13 @@ from stackrlhf.models.loading import (
     ModelTask,
     build_peft_config,
     check_model_config,
+    check_model_path,
     load_model,
     load_tokenizer,
     skeleton_model,
 )
+from stackrlhf.recipes.validation import check_trainer_checkpoint
+from stackrlhf.trainer.deepspeed import check_settings as check_deepspeed_settings
 
 
 @dataclass
@@ -71,3 +74,22 @@ def prefer_reentrant_checkpointing(training_args: Any, model_args: ModelConfig) 
         kwargs = dict(getattr(training_args, f"{prefix}_checkpointing_kwargs") or {})
         kwargs.setdefault("use_reentrant", True)
         setattr(training_args, f"{prefix}_checkpointing_kwargs", kwargs)
+
+
+def check_trainer_run(training_args: Any, model_args: ModelConfig, what: str) -> None:
+    """The checks every recipe on a TRL trainer shares, needing no model or data: model settings, a local model
+    directory, `--resume_from_checkpoint`, and agreement with `accelerate launch`'s DeepSpeed config.
+
+    Raises:
+        ConfigError: conflicting model settings, a missing or broken local model directory, a
+            `--resume_from_checkpoint` that is no checkpoint, or settings that differ from the DeepSpeed config.
+    """
+    check_model_config(model_args, training=True)
+    check_model_path(model_args.model_name_or_path, "model_name_or_path")
+    check_trainer_checkpoint(training_args.resume_from_checkpoint)
+    check_deepspeed_settings(
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
+        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
+        micro_batch_size=training_args.per_device_train_batch_size,
+        what=what,
+    )

@@ -18,13 +18,10 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from stackrlhf.data import DataArguments, to_prompt_dataset, to_sft_dataset
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import check_model_config, check_model_path
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
-from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
-from stackrlhf.recipes.validation import check_trainer_checkpoint
-from stackrlhf.trainer.deepspeed import check_settings as check_deepspeed_settings
+from stackrlhf.recipes.setup import check_trainer_run, prefer_reentrant_checkpointing, prepare_training
 from stackrlhf.trainer.reporting import write_summary
 
 
@@ -37,15 +34,7 @@ def check_arguments(data_args: DataArguments, training_args: SFTConfig, model_ar
             config, or evaluation during training with no held-out rows
             (`--eval_samples 0`).
     """
-    check_model_config(model_args, training=True)
-    check_model_path(model_args.model_name_or_path, "model_name_or_path")
-    check_trainer_checkpoint(training_args.resume_from_checkpoint)
-    check_deepspeed_settings(
-        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "no",
-        gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-        micro_batch_size=training_args.per_device_train_batch_size,
-        what="the SFT recipe",
-    )
+    check_trainer_run(training_args, model_args, "the SFT recipe")
     if data_args.eval_samples == 0 and training_args.eval_strategy != "no":
         raise ConfigError(
             f"--eval_strategy {training_args.eval_strategy.value} evaluates during training, but --eval_samples 0 "

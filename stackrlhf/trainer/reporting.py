@@ -139,19 +139,23 @@ def summarize(records: Sequence[dict[str, Any]], fraction: float = 0.2) -> dict[
     }
 
 
-def plot_stats(records: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path | None:
-    """Plot mean reward, KL, value loss and entropy per step into one PNG; None (and a warning) without matplotlib."""
-    try:
-        import matplotlib
+def plot_stats(
+    records: Sequence[dict[str, Any]],
+    path: str | Path,
+    title: str,
+    panels: dict[str, str] = PLOTTED,
+    xlabel: str = "PPO step",
+) -> Path:
+    """Plot four statistics per step (`panels`: stats.jsonl key -> title; by default PPO's mean reward, KL, value loss
+    and entropy), each with its running mean, into one PNG."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed (pip install 'stackrlhf[plots]'): no plots written.")
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     steps = [record["step"] + 1 for record in records]
     figure, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
-    for axis, (key, label) in zip(axes.flat, PLOTTED.items(), strict=True):
+    for axis, (key, label) in zip(axes.flat, panels.items(), strict=True):
         values = np.array([record.get(key, float("nan")) for record in records], dtype=float)
         axis.plot(steps, values, marker=".", linewidth=0.8, alpha=0.6, label="per step")
         if len(values) >= 2 * SMOOTHING:
@@ -161,10 +165,17 @@ def plot_stats(records: Sequence[dict[str, Any]], path: str | Path, title: str) 
         axis.set_title(label)
         axis.grid(alpha=0.3)
     for axis in axes[1]:
-        axis.set_xlabel("PPO step")
+        axis.set_xlabel(xlabel)
     figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
+    return save_figure(figure, Path(path))
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG (its folder made if needed; a write error is one `OutputError` line), then
+    close it."""
+    import matplotlib.pyplot as plt
+
     try:
         with writing(path.name, path.parent):
             path.parent.mkdir(parents=True, exist_ok=True)
