@@ -155,7 +155,8 @@ def _parse(parser: TrlParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
 def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] | None = None) -> int:
     """Parse arguments, then print them (`--dry_run`) or run `main` with them; returns the exit code.
 
-    A `StackRLHFError` (bad settings, bad data) becomes one line on stderr and exit code 2.
+    A `StackRLHFError` (bad settings, bad data) becomes one line on stderr and exit code 2, and so does an `OSError`
+    that reaches this far (a disk that fills up while a TRL trainer writes its checkpoint): it names the path.
     """
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
@@ -168,6 +169,10 @@ def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] 
             main(*arguments)
     except StackRLHFError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or one_line(err)}.", file=sys.stderr)
         return 2
     return 0
 

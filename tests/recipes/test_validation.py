@@ -107,3 +107,15 @@ def test_a_ppo_dry_run_checks_the_reward_adapter_without_loading(reward_dirs, tm
     argv = ["--model_name_or_path", str(reward_dirs["merged"]), "--reward_adapter", str(reward_dirs["adapter"])]
     *_, model_args, base_args, _ = parse_args(ppo.make_parser(), [*argv, "--output_dir", str(tmp_path)])
     assert isinstance(model_args, ModelConfig) and base_args.reward_adapter == str(reward_dirs["adapter"])
+
+
+def test_a_write_error_during_a_run_is_one_line_naming_the_path(capsys):
+    from stackrlhf.recipes import merge
+    from stackrlhf.recipes.runner import run_recipe
+
+    def disk_full(*arguments):
+        raise OSError(28, "No space left on device", "/outputs/sft/checkpoint-10/model.safetensors")
+
+    assert run_recipe(merge.make_parser(), disk_full, []) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: /outputs/sft/checkpoint-10/model.safetensors: No space left on device."]
