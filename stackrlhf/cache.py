@@ -18,7 +18,6 @@ This module imports nothing heavy (the content checks import safetensors and tok
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib
 import json
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stackrlhf.errors import ConfigError, StackRLHFError, one_line
+from stackrlhf.manifest import file_sha256, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def ensure_entry(
                 check(staging)
             except BrokenEntry as err:
                 raise RuntimeError(f"the {what} just built in {staging} is unusable: {err}") from err
-            write_manifest(staging)
+            write_manifest(staging, MANIFEST_FILE)
             os.rename(staging, target)
         except BaseException:
             _remove(staging)
@@ -118,16 +118,6 @@ def entry_problem(entry: Path, check: Callable[[Path], None]) -> str | None:
     return None
 
 
-def write_manifest(directory: Path) -> None:
-    """Record the size and sha256 of every file under `directory` in its `MANIFEST_FILE`."""
-    files = {
-        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": _sha256(path)}
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
-    }
-    (directory / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
-
-
 def verify_manifest(directory: Path) -> None:
     """Raise `BrokenEntry` unless every file `directory`'s manifest lists is there with its size and sha256."""
     if not (directory / MANIFEST_FILE).is_file():
@@ -140,7 +130,7 @@ def verify_manifest(directory: Path) -> None:
         size = path.stat().st_size
         if size != expected["size"]:
             raise BrokenEntry(f"{name} has {size} bytes, {expected['size']} when it was built")
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             raise BrokenEntry(f"{name} changed since it was built (sha256 differs)")
 
 
@@ -261,14 +251,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
     else:
         aside.unlink()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from stackrlhf.cache import check_model, ensure_entry, read_json
 from stackrlhf.errors import ConfigError
+from stackrlhf.manifest import file_sha256
 from stackrlhf.models.bundled import cache_root
 
 CONVERTER_VERSION = 1
@@ -410,7 +411,9 @@ def convert_llama2c_cached(checkpoint: str | Path, tokenizer: str | Path) -> Pat
     checkpoint, tokenizer = Path(checkpoint), Path(tokenizer)
     _check_file(checkpoint, f"llama2.c checkpoint {checkpoint}")
     _check_file(tokenizer, f"llama2.c tokenizer {tokenizer}")
-    key = hashlib.sha256(f"{CONVERTER_VERSION}:{_sha256(checkpoint)}:{_sha256(tokenizer)}".encode()).hexdigest()
+    key = hashlib.sha256(
+        f"{CONVERTER_VERSION}:{file_sha256(checkpoint)}:{file_sha256(tokenizer)}".encode()
+    ).hexdigest()
     target = cache_root() / "llama2c" / f"{checkpoint.stem}-{key[:12]}"
     return ensure_entry(
         target,
@@ -446,9 +449,9 @@ def write_conversion(directory: Path, checkpoint: str, tokenizer: str) -> None:
         "converter_version": CONVERTER_VERSION,
         "format_version": header.version,
         "checkpoint": str(checkpoint_path.resolve()),
-        "checkpoint_sha256": _sha256(checkpoint_path),
+        "checkpoint_sha256": file_sha256(checkpoint_path),
         "tokenizer": str(tokenizer_path.resolve()),
-        "tokenizer_sha256": _sha256(tokenizer_path),
+        "tokenizer_sha256": file_sha256(tokenizer_path),
     }
     (directory / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
 
@@ -468,11 +471,3 @@ def _check_file(path: Path, what: str) -> None:
         raise ConfigError(f"{what}: file not found.")
     if not path.is_file():
         raise ConfigError(f"{what}: not a regular file.")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

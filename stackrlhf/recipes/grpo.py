@@ -57,7 +57,7 @@ from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.recipes.validation import check_trainer_checkpoint
-from stackrlhf.rewards.build import build_reward, check_reward_source
+from stackrlhf.rewards.build import build_reward, check_base_and_reward, check_reward_source
 from stackrlhf.rewards.contract import RewardFunction
 from stackrlhf.rewards.shared_base import SharedBaseRewardScorer
 from stackrlhf.rewards.trl_adapter import as_trl_reward_func
@@ -156,25 +156,15 @@ def check_arguments(
         raise ConfigError(
             "--normalize_advantages is RLOO's option (GRPO scales by --scale_rewards): add --algorithm rloo."
         )
+    check_base_and_reward(
+        model_args.model_name_or_path,
+        rl_args.reward_adapter,
+        rl_args.reward_model,
+        use_peft=model_args.use_peft,
+        base_role="the shared base",
+    )
     if model_args.model_name_or_path is None:
-        if rl_args.reward_adapter or rl_args.reward_model:
-            raise ConfigError(
-                "a reward is given but no policy base: pass --model_name_or_path (the merged SFT model) as well."
-            )
         return
-    if not (rl_args.reward_adapter or rl_args.reward_model):
-        raise ConfigError(
-            f"--model_name_or_path {model_args.model_name_or_path} needs a reward: --reward_adapter PATH (a LoRA "
-            "adapter from the reward recipe) or --reward_model PATH (a sequence-classification model)."
-        )
-    if read_adapter(model_args.model_name_or_path) is not None:
-        raise ConfigError(
-            f"--model_name_or_path {model_args.model_name_or_path} is a LoRA adapter; the shared base must be a full "
-            f"model (the reference). Merge it first: stackrlhf merge --adapter_path {model_args.model_name_or_path} "
-            "--output_dir <merged>."
-        )
-    if rl_args.reward_adapter and not model_args.use_peft:
-        raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
     check_model_config(model_args, training=True)
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
     if rl_args.reward_adapter:

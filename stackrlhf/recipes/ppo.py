@@ -40,7 +40,6 @@ from stackrlhf.models.loading import (
     check_model_config,
     check_model_path,
     load_tokenizer,
-    read_adapter,
     skeleton_model,
 )
 from stackrlhf.models.modeling_value_head import AutoModelForCausalLMWithValueHead
@@ -48,7 +47,7 @@ from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
 from stackrlhf.recipes.stages import offline_stages
-from stackrlhf.rewards.build import build_reward, check_reward_source
+from stackrlhf.rewards.build import build_reward, check_base_and_reward, check_reward_source
 from stackrlhf.trainer.ppo_config import PPOConfig
 from stackrlhf.trainer.ppo_trainer import PPOTrainer
 from stackrlhf.trainer.reporting import tensor_bytes
@@ -100,25 +99,15 @@ def check_arguments(base_args: SharedBaseArguments, ppo_config: PPOConfig, model
         raise ConfigError("--reward_model_load_in_8bit applies to a separate --reward_model, and none is given.")
     if ppo_config.reward_model:
         check_model_path(ppo_config.reward_model, "reward_model")
+    check_base_and_reward(
+        model_args.model_name_or_path,
+        base_args.reward_adapter,
+        ppo_config.reward_model,
+        use_peft=model_args.use_peft,
+        base_role="PPO's base",
+    )
     if model_args.model_name_or_path is None:
-        if base_args.reward_adapter or ppo_config.reward_model:
-            raise ConfigError(
-                "a reward is given but no policy base: pass --model_name_or_path (the merged SFT model) as well."
-            )
         return
-    if not (base_args.reward_adapter or ppo_config.reward_model):
-        raise ConfigError(
-            f"--model_name_or_path {model_args.model_name_or_path} needs a reward: --reward_adapter PATH (a LoRA "
-            "adapter from the reward recipe) or --reward_model PATH (a sequence-classification model)."
-        )
-    if read_adapter(model_args.model_name_or_path) is not None:
-        raise ConfigError(
-            f"--model_name_or_path {model_args.model_name_or_path} is a LoRA adapter; PPO's base must be a full "
-            f"model (the reference). Merge it first: stackrlhf merge --adapter_path {model_args.model_name_or_path} "
-            "--output_dir <merged>."
-        )
-    if base_args.reward_adapter and not model_args.use_peft:
-        raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")
     check_model_config(model_args, training=True)
     check_model_path(model_args.model_name_or_path, "model_name_or_path")
 

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.loading import check_adapter_dir
+from stackrlhf.models.loading import check_adapter_dir, read_adapter
 from stackrlhf.rewards.contract import RewardFunction
 from stackrlhf.rewards.scorers import AdapterRewardScorer, RewardScorer
 from stackrlhf.rewards.sentiment import ClassifierSentimentReward, VaderSentimentReward
@@ -110,3 +110,39 @@ def build_sentiment_reward(classifier: str | None, device: str | torch.device = 
         reward = ClassifierSentimentReward(classifier, device=device)
         return BuiltReward(reward, f"positive logit of {classifier}", separate_model=reward.model)
     return BuiltReward(VaderSentimentReward(), "VADER compound sentiment")
+
+
+def check_base_and_reward(
+    model_name_or_path: str | None,
+    reward_adapter: str | None,
+    reward_model: str | None,
+    *,
+    use_peft: bool,
+    base_role: str,
+) -> None:
+    """The policy base and its reward belong together: no model means the offline stages provide both (so no reward
+    either); a model needs a reward; the base must be a full model (it is the reference), and a reward adapter shares
+    it with a LoRA policy. `base_role` names the base in messages ("PPO's base").
+
+    Raises:
+        ConfigError: a reward without a base, a base without a reward, an adapter as the base, or a reward adapter
+            without `use_peft`.
+    """
+    if model_name_or_path is None:
+        if reward_adapter or reward_model:
+            raise ConfigError(
+                "a reward is given but no policy base: pass --model_name_or_path (the merged SFT model) as well."
+            )
+        return
+    if not (reward_adapter or reward_model):
+        raise ConfigError(
+            f"--model_name_or_path {model_name_or_path} needs a reward: --reward_adapter PATH (a LoRA "
+            "adapter from the reward recipe) or --reward_model PATH (a sequence-classification model)."
+        )
+    if read_adapter(model_name_or_path) is not None:
+        raise ConfigError(
+            f"--model_name_or_path {model_name_or_path} is a LoRA adapter; {base_role} must be a full model (the "
+            f"reference). Merge it first: stackrlhf merge --adapter_path {model_name_or_path} --output_dir <merged>."
+        )
+    if reward_adapter and not use_peft:
+        raise ConfigError("--reward_adapter shares the base with a LoRA policy: it needs --use_peft.")

@@ -27,7 +27,6 @@ newest intact one. A checkpoint without a manifest (an older stackrlhf's) is not
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -42,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from stackrlhf.atomic import remove_atomically, write_atomically
 from stackrlhf.errors import ConfigError
+from stackrlhf.manifest import file_sha256, write_manifest
 from stackrlhf.outputs import writing
 from stackrlhf.trainer.deepspeed import full_parameters, uses_deepspeed
 from stackrlhf.trainer.protocol import RLTrainer
@@ -67,25 +67,6 @@ def numbered_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
     """The complete checkpoints in `output_dir` (every file of the manifest there, with its size), oldest first."""
     return [path for _, path in numbered_checkpoints(output_dir) if checkpoint_problem(path, hashes=False) is None]
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """Record the size (bytes) and SHA-256 of every file under `directory` in its `manifest.json`."""
-    files = {
-        path.relative_to(directory).as_posix(): {"size": path.stat().st_size, "sha256": file_sha256(path)}
-        for path in sorted(directory.rglob("*"))
-        if path.is_file() and path.name != MANIFEST_FILE
-    }
-    (directory / MANIFEST_FILE).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
 def checkpoint_problem(checkpoint: Path, *, hashes: bool = True) -> str | None:
@@ -297,7 +278,7 @@ def save_ppo_checkpoint(
         for rank, state in enumerate(rng_states):
             save_state(directory, f"rng_state_{rank}", state)
         (directory / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, default=_json_default))
-        write_manifest(directory)
+        write_manifest(directory, MANIFEST_FILE)
 
     name = f"{CHECKPOINT_PREFIX}{step}"
     path = None

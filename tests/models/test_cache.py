@@ -19,9 +19,9 @@ from stackrlhf.cache import (
     entry_problem,
     read_json,
     several_processes,
-    write_manifest,
 )
 from stackrlhf.errors import ConfigError
+from stackrlhf.manifest import write_manifest
 
 REPO = Path(__file__).parents[2]
 
@@ -80,7 +80,7 @@ def test_entry_is_built_once_then_reused(tmp_path: Path) -> None:
 
 def _say_goodbye(entry: Path) -> None:
     write_greeting(entry, "bye")
-    write_manifest(entry)  # the manifest agrees: only the content check sees it
+    write_manifest(entry, MANIFEST_FILE)  # the manifest agrees: only the content check sees it
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import TrlParser
 
-from stackrlhf.cache import MANIFEST_FILE, entry_problem, write_manifest
+from stackrlhf.cache import MANIFEST_FILE, entry_problem
 from stackrlhf.errors import ConfigError
+from stackrlhf.manifest import write_manifest
 from stackrlhf.models import llama2c
 from stackrlhf.models.bundled import (
     BUNDLED_CHECKPOINT,
@@ -168,7 +169,7 @@ def _drop_model_type(entry: Path) -> None:
     config = json.loads((entry / "config.json").read_text())
     del config["model_type"]
     (entry / "config.json").write_text(json.dumps(config))
-    write_manifest(entry)
+    write_manifest(entry, MANIFEST_FILE)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +304,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
     def disk_full(path: Path) -> str:
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(llama2c, "_sha256", disk_full)
+    monkeypatch.setattr(llama2c, "file_sha256", disk_full)
     with pytest.raises(OSError, match="No space left"):
         convert_llama2c(BUNDLED_CHECKPOINT, BUNDLED_TOKENIZER, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from stackrlhf.errors import ConfigError
+from stackrlhf.manifest import write_manifest
 from stackrlhf.trainer.checkpointing import (
     MANIFEST_FILE,
     checkpoint_dirs,
@@ -14,7 +15,6 @@ from stackrlhf.trainer.checkpointing import (
     resolve_checkpoint,
     rotate_checkpoints,
     settings_differences,
-    write_manifest,
 )
 
 
@@ -25,7 +25,7 @@ def fake_checkpoint(output_dir, step):
     (path / "trainer_state.json").write_text(json.dumps({"step": step}))
     (path / "trainable.safetensors").write_bytes(bytes(range(200)))
     (path / "policy" / "adapter_config.json").write_text("{}")
-    write_manifest(path)
+    write_manifest(path, MANIFEST_FILE)
     return path
 
 
