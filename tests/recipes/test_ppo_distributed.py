@@ -27,7 +27,8 @@ QUICK = [
 
 def run_two_processes(out, reward_dirs, *extra):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE), *QUICK, *extra]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
+    command += [str(RECIPE), *QUICK, *extra]
     command += ["--reward_adapter", str(reward_dirs["adapter"]), "--output_dir", str(out)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]

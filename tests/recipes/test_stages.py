@@ -126,7 +126,8 @@ def test_two_process_ppo_builds_the_stages_from_a_cold_cache(tmp_path: Path) -> 
     quick = ["--steps", "8", "--batch_size", "2", "--mini_batch_size", "1", "--ppo_epochs", "1"]
     quick += ["--output_min_length", "4", "--output_max_length", "12", "--max_samples", "200", "--eval_samples", "20"]
     quick += ["--num_sample_prompts", "1", "--sample_max_new_tokens", "4", "--output_dir", str(tmp_path / "ppo")]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE), *quick]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
+    command += [str(RECIPE), *quick]
     start = time.monotonic()
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
