@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-LAUNCH := $(BIN)/accelerate launch --quiet --num_processes 1 --num_cpu_threads_per_process $(shell nproc)
+LAUNCH := $(BIN)/accelerate launch --quiet --num_processes 1  # the tiny configs run one torch thread (torch_threads)
 
 # The whole StackLLaMA pipeline on one shared base: with no arguments, ppo_stackllama.py runs (or reuses from the
 # cache) SFT, merge and the reward model on the bundled data, then PPO; then the policy is scored against its reference.

@@ -328,7 +328,8 @@ def finish(design: str, precision: str, steps: list[dict], roles: dict, memory_b
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def machine() -> dict:
+def machine(load_at_start: tuple[float, float, float]) -> dict:
+    """The machine, library versions and the load averages (1, 5, 15 min) at the start and end of the run."""
     import bitsandbytes
     import peft
     import torch
@@ -342,10 +343,16 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
+        "load_average_start": list(load_at_start),
+        "load_average_end": list(os.getloadavg()),
     }
     for module in (torch, transformers, trl, peft, bitsandbytes):
         info[module.__name__] = module.__version__
     return info
+
+
+def _load(machine_info: dict, when: str) -> str:
+    return " / ".join(f"{x:.2f}" for x in machine_info.get(f"load_average_{when}", [])) or "not recorded"
 
 
 def mib(n: float) -> str:
@@ -388,7 +395,8 @@ def write_report(result: dict, output_dir: Path) -> str:
         f"# chatllama-style actor/critic vs stackrlhf shared base\n\n"
         f"Machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads), GPU: {m['gpu']}; "
         f"torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, peft {m['peft']}, "
-        f"bitsandbytes {m['bitsandbytes']}.\n\n"
+        f"bitsandbytes {m['bitsandbytes']}. Load average (1/5/15 min) {_load(m, 'start')} at the start, "
+        f"{_load(m, 'end')} at the end: other jobs sharing the cores lengthen every phase.\n\n"
         f"Model {a['model']} (SFT merged), mode {a['mode']}, {a['steps']} steps of {a['batch_size']} prompts "
         f"(<= {a['max_prompt_tokens']} tokens), <= {a['max_new_tokens']} new tokens; seconds are means over steps "
         f"2..{a['steps']}; tokens/s = generated tokens / total seconds per step.\n\n"
@@ -456,6 +464,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         Path(spec["result_path"]).write_text(json.dumps(runner(spec)))
         return None
 
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = Path(args.work_dir or scratch)
         sft_path, reward_path = prepare_checkpoints(args, work_dir)
@@ -482,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             spec_path.write_text(json.dumps(spec))
             subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], check=True)
             rows.append(json.loads(result_path.read_text()))
-    result = {"machine": machine(), "args": asdict(args), "rows": rows}
+    result = {"machine": machine(load_at_start), "args": asdict(args), "rows": rows}
     table = write_report(result, Path(args.output_dir))
     print(table)
     return result

@@ -5,6 +5,10 @@ The names TRL 0.11.4 scripts import from `trl` are importable from here, so port
 
 They are imported on first use (PEP 562), so `stackrlhf plan` and the other light entry points do not pay for
 torch, peft and accelerate before they need them.
+
+`TINY_MODEL` ("stackrlhf/stories260K") names the bundled tiny Llama wherever stackrlhf takes a model name;
+`resolve_model_name_or_path(TINY_MODEL)` is its local directory (converted into the cache on first use), for
+transformers' and peft's own `from_pretrained` (a Hub name or a path passes through unchanged).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ _EXPORTS = {
     "ValueHead": "stackrlhf.models.modeling_value_head",
     "PPOConfig": "stackrlhf.trainer.ppo_config",
     "PPOTrainer": "stackrlhf.trainer.ppo_trainer",
+    "TINY_MODEL": "stackrlhf.models.bundled",
+    "resolve_model_name_or_path": "stackrlhf.models.bundled",
 }
 
 __all__ = [
@@ -44,8 +50,10 @@ __all__ = [
     "PPOTrainer",
     "PreTrainedModelWrapper",
     "RunningMoments",
+    "TINY_MODEL",
     "ValueHead",
     "create_reference_model",
+    "resolve_model_name_or_path",
     "respond_to_batch",
     "set_seed",
 ]
@@ -59,6 +67,7 @@ if TYPE_CHECKING:
         respond_to_batch,
         set_seed,
     )
+    from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
     from stackrlhf.models.modeling_base import PreTrainedModelWrapper, create_reference_model
     from stackrlhf.models.modeling_value_head import (
         AutoModelForCausalLMWithValueHead,

@@ -3,7 +3,9 @@
 Every temporary name is `.staging-{name}.{pid}.{tag}`: the final name, the writing process's id and a random tag
 (`old` for a directory set aside while its replacement moves in). A process killed mid-write leaves such an entry
 behind; `remove_stale_staging` deletes the ones whose process is gone, and puts back a directory that was set aside
-when its replacement never arrived. Directories and files are created with the default modes, so the umask applies.
+when its replacement never arrived. Directories and files are created with the default modes, so the umask applies;
+files a library writes owner-only (safetensors 0.8 writes 0600 whatever the umask) are given the umask's mode too
+(`honour_umask`), so that a shared cluster's group can read a run's outputs as it reads any other file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ def staging_path(directory: Path, name: str, tag: str | None = None) -> Path:
     return directory / f"{STAGING_PREFIX}{name}.{os.getpid()}.{tag or secrets.token_hex(4)}"
 
 
+def honour_umask(path: str | Path) -> None:
+    """Give each file under `path` (or `path` itself) that is more private than the umask allows the mode a new
+    file gets (`0o666 & ~umask`), keeping its execute bits. Directories are left as they are."""
+    umask = os.umask(0)
+    os.umask(umask)
+    wanted = 0o666 & ~umask
+    path = Path(path)
+    files = [path] if path.is_file() else [entry for entry in path.rglob("*") if entry.is_file()]
+    for file in files:
+        mode = file.stat().st_mode & 0o777
+        if mode & wanted != wanted:
+            file.chmod(mode | wanted)
+
+
 def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], None]) -> Path:
     """Call `write(staging_dir)`, then rename the staging directory to `output_dir/name` (replacing it).
 
@@ -39,6 +55,7 @@ def write_atomically(output_dir: str | Path, name: str, write: Callable[[Path], 
     staging.mkdir()
     try:
         write(staging)
+        honour_umask(staging)
         final = output_dir / name
         if final.exists():
             retired = staging_path(output_dir, name, RETIRED_TAG)
@@ -65,6 +82,7 @@ def write_files_atomically(output_dir: str | Path, write: Callable[[Path], None]
     staging.mkdir()
     try:
         write(staging)
+        honour_umask(staging)
         moved = []
         for entry in sorted(staging.iterdir()):
             final = output_dir / entry.name

@@ -81,13 +81,27 @@ def launch_problem(view: LaunchView) -> str | None:
     return None
 
 
+def cpu_deepspeed_backend() -> str | None:
+    """`"gloo"` for a DeepSpeed launch of several processes on a machine without a GPU, else None.
+
+    accelerate 1.15 picks a process-group backend by device: with no GPU and no `ACCELERATE_USE_CPU` (which would
+    drop DeepSpeed) it picks none, so each DeepSpeed rank counts itself alone and DeepSpeed stops on its batch
+    arithmetic (`train_batch_size ... 1 != 1 * 1 * 2`). Naming gloo (as `--ddp_backend gloo` does for TRL's
+    trainers) makes DeepSpeed's CPU accelerator (`DS_ACCELERATOR=cpu`) join the ranks into one group.
+    """
+    several = get_int_from_env(list(WORLD_SIZE_VARIABLES), 1) > 1
+    if several and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED") and not torch.cuda.is_available():
+        return "gloo"
+    return None
+
+
 def launch_view() -> LaunchView:
     """This process's `LaunchView`; sets up accelerate's process state (as `Accelerator` would) under a launcher."""
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU")
     launcher = get_int_from_env(list(WORLD_SIZE_VARIABLES), 1)
     # Only under a launcher. Set up here as `Accelerator` would (the TRL recipes' TrainingArguments did it already
     # while parsing, with their ddp_timeout and ddp_backend), it is the state every later `PartialState()` shares.
-    accelerate = PartialState(cpu=cpu).num_processes if launcher > 1 else 1
+    accelerate = PartialState(cpu=cpu, backend=cpu_deepspeed_backend()).num_processes if launcher > 1 else 1
     group = torch.distributed.get_world_size() if torch.distributed.is_initialized() else None
     return LaunchView(
         launcher=launcher,

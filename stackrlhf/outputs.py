@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from stackrlhf.atomic import remove_stale_staging, staging_path
+from stackrlhf.atomic import honour_umask, remove_stale_staging, staging_path
 from stackrlhf.errors import ConfigError, one_line
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ RUN_OUTPUTS = (
     "added_tokens.json",
     "chat_template.jinja",
     "training_args.bin",
+    "training_args.json",
     "trainer_state.json",
 )
 """Name patterns of what a stackrlhf run writes in its output directory (a model's files as transformers and peft
@@ -152,20 +153,38 @@ def guard_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool)
 
 
 def guard_run_outputs(configs: Sequence[Any], *, overwrite: bool) -> None:
-    """`guard_output_dir` for a recipe's parsed dataclasses: the first with both `output_dir` and
-    `resume_from_checkpoint` fields (a training recipe's) names the directory and whether the run resumes.
+    """`guard_output_dir` for a recipe's parsed dataclasses: a training recipe's (`_training_config`) names the
+    directory and whether the run resumes.
 
     Raises:
         ConfigError: as `guard_output_dir`, or `overwrite` for a recipe with no such fields.
     """
+    config = _training_config(configs)
+    if config is not None:
+        resuming = config.resume_from_checkpoint not in (None, False, "", "false", "False")
+        guard_output_dir(config.output_dir, resuming=resuming, overwrite=overwrite)
+        return
+    if overwrite:
+        raise ConfigError("--overwrite_output_dir applies to the training recipes (sft, reward, ppo, sentiment) only.")
+
+
+def _training_config(configs: Sequence[Any]) -> Any | None:
+    """Of a recipe's parsed dataclasses, the first with `output_dir` (set) and `resume_from_checkpoint` fields: a
+    training recipe's; None for other recipes."""
     for config in configs:
         names = {f.name for f in dataclasses.fields(config)}
         if {"output_dir", "resume_from_checkpoint"} <= names and config.output_dir:
-            resuming = config.resume_from_checkpoint not in (None, False, "", "false", "False")
-            guard_output_dir(config.output_dir, resuming=resuming, overwrite=overwrite)
-            return
-    if overwrite:
-        raise ConfigError("--overwrite_output_dir applies to the training recipes (sft, reward, ppo, sentiment) only.")
+            return config
+    return None
+
+
+def share_run_outputs(configs: Sequence[Any]) -> None:
+    """After a training recipe's run, on the main process: give what it wrote the umask's file mode (`honour_umask`;
+    TRL's trainers save their safetensors owner-only)."""
+    config = _training_config(configs)
+    if config is not None and _is_main_process():
+        for path in run_outputs(config.output_dir):
+            honour_umask(path)
 
 
 def _is_main_process() -> bool:

@@ -6,6 +6,11 @@ What is filtered, and why it is noise:
   the optional `kernels` package, whose kernel needs the Hub; bitsandbytes falls back to its own CPU kernel, and
   stackrlhf keeps 4-bit weights unpacked on such CPUs anyway (`stackrlhf.models.bnb_cpu`).
 * torch's `torch.jit.script_method` deprecation, raised inside libraries at import time.
+* transformers 5.24's "`is_gradient_checkpointing` is deprecated" FutureWarning: TRL's and peft's own code reads the
+  old property (our options use the new name, `stackrlhf.recipes.runner.OPTION_ALIASES`).
+* torch.distributed's deprecation of the collectives DeepSpeed calls (`all_gather_into_tensor`, ...).
+* DeepSpeed's "Setting accelerator to CPU" on a machine without a GPU, printed whenever deepspeed is imported (which
+  transformers does when it is installed): on a CPU it is the expected outcome.
 """
 
 from __future__ import annotations
@@ -15,10 +20,17 @@ import os
 import sys
 import warnings
 
-FILTERED_LOGS = {"bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward"}
+FILTERED_LOGS = {
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    "DeepSpeed": "Setting accelerator to CPU",
+}
 """Logger name -> the start of the messages dropped from it."""
 
-FILTERED_WARNINGS = ((DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),)
+FILTERED_WARNINGS = (
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated"),
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+    (FutureWarning, r"`torch\.distributed\.\w+` is deprecated"),
+)
 """(category, message regex) of the warnings ignored."""
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: quiet, offline, deterministic runs on the bundled tiny model, and small reward models on it."""
 
 import os
+import sys
 
 import pytest
 
@@ -8,6 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(autouse=True)
+def fresh_skipped_rows_report():
+    """Each test is its own run: the once-per-run report of skipped data rows starts empty."""
+    loading = sys.modules.get("stackrlhf.data.loading")
+    if loading is not None:
+        loading._REPORTED.clear()
 
 
 @pytest.fixture(scope="session")

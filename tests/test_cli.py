@@ -32,7 +32,7 @@ def test_dry_run_of_every_training_recipe_prints_yaml(name, capsys):
         assert resolved["ModelConfig"]["model_name_or_path"] == "stackrlhf/stories260K"
     if name == "ppo":  # no model: the offline SFT and reward stages provide the base and the reward adapter
         assert resolved["ModelConfig"]["model_name_or_path"] is None
-        assert resolved["DataArguments"]["dataset_path"] == "stackrlhf/hh-rlhf-harmless"
+        assert resolved["DataArguments"]["dataset_name"] == "stackrlhf/hh-rlhf-harmless"
 
 
 def test_subcommand_shares_the_recipe_parser(capsys):

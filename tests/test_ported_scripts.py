@@ -598,7 +598,7 @@ def test_stack_llama_rl_training_script(monkeypatch, tmp_path, tiny_model_dir, s
     assert saved == [f"{tmp_path}/runs/step_1"]
     checkpoint = Path(saved[0])
     files = {path.name for path in checkpoint.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "pytorch_model.bin", "tokenizer.json"} <= files
+    assert {"adapter_config.json", "adapter_model.safetensors", "model.safetensors", "tokenizer.json"} <= files
     reloaded = AutoModelForCausalLMWithValueHead.from_pretrained(str(checkpoint))
     assert reloaded.is_peft_model
     trained = dict(ppo_trainer.model.named_parameters())

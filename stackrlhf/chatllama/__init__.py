@@ -2,10 +2,12 @@
 compare its separate-models design with stackrlhf's shared quantized base.
 
 chatllama keeps three full models: an actor (causal LM), a critic and a reward model (each a backbone with a
-Linear-ReLU-Linear head scoring every token; the critic starts as a copy of the reward model). There is no reference
-model: its "KL" term compares the current policy with the rollout-time policy, inside the loss. learn() uses the
-per-token reward-model scores as dense rewards, discounted reward-to-go advantages, a clipped surrogate with an
-entropy term, a clipped value loss and two Adam optimizers with cosine-restart schedulers.
+Linear-ReLU-Linear head scoring every token). Unless `critic_config.model` names a checkpoint, the critic starts as
+a copy of the reward model, head included, in both modes, as chatllama's ModelLoader copies the reward checkpoint
+into the empty critic folder (`models.load_critic`). There is no reference model: its "KL" term compares the
+current policy with the rollout-time policy, inside the loss. learn() uses the per-token reward-model scores as
+dense rewards, discounted reward-to-go advantages, a clipped surrogate with an entropy term, a clipped value loss
+and two Adam optimizers with cosine-restart schedulers.
 
 It reads stackrlhf's inputs: prompts from `stackrlhf.data` (``"Question: {q}\\n\\nAnswer: "``), the actor from an
 SFT adapter or merged model, the reward model and critic from a reward adapter (SEQ_CLS, `score` head) or a
@@ -24,8 +26,13 @@ Two modes (`trainer_config.mode`):
     fixed slices `[:, P-1 : P-1+A]`, because the logits at t-1 are the ones that produced the token at t. Values
     move with it (the value of the state before each action).
   - decoding: faithful is greedy (chatllama calls HF generate without do_sample, so its temperature does nothing)
-    with no_repeat_ngram_size=3; fixed samples from softmax(logits / temperature) with no other processor, because
+    with no_repeat_ngram_size=3, on top of the checkpoint's generation defaults as HF merges them; fixed samples
+    from softmax(logits / temperature) with no other logits processor or warper, whatever the checkpoint's
+    generation_config.json says (no top-k/top-p, repetition penalty, minimum length suppressing EOS...), because
     PPO's ratios need the distribution the actions were drawn from, and log-probs use the same temperature.
+  - dropout in learn(): faithful trains with dropout on (chatllama's `actorcritic.train()`), so even unchanged
+    weights give ratios other than 1; fixed keeps actor and critic in eval mode, because the new log-probs and
+    values must be computed as the rollout's were (ratio exactly 1 before the first step).
   - masks: faithful masks `ids != pad_id` and counts every action position in every loss, padding and post-EOS
     tokens included; fixed cuts completions after the first EOS, masks padding in attention and losses and counts
     positions from real tokens (left padding does not shift them), because padding is not part of any action.
@@ -36,8 +43,10 @@ Two modes (`trainer_config.mode`):
   - entropy: faithful adds `-beta_s·Σ_t p·log p` of max-probabilities per sequence, which LOWERS entropy (a
     penalty, growing with length); fixed subtracts beta_s x the mean token entropy (a bonus), because the term is
     meant to keep exploration.
-  - KL term: faithful weights `old_log_p - log_p` by the current max-probability; fixed sums `old_log_p - log_p` of
-    taken tokens per sequence, because that is the sampled estimate of KL(rollout policy || current policy).
+  - KL term: faithful weights `old_log_p - log_p` by the current max-probability and sums it over each sequence
+    (so it grows with completion length); fixed averages `old_log_p - log_p` of the taken tokens over the valid
+    tokens, the per-token sampled estimate of KL(rollout policy || current policy), so that its scale does not
+    depend on completion length (like the per-token policy loss and entropy it is added to).
   - value target: faithful regresses values on the raw per-token reward; fixed on the reward-to-go, because the
     advantages subtract the value from the reward-to-go, so the critic must estimate that.
   - reward forward: faithful runs it with autograd on and the reward weights trainable (a graph is built, then

@@ -137,7 +137,8 @@ class RewardConfig:
         model: a reward LoRA adapter directory (task SEQ_CLS with its `score` head, as stackrlhf's reward recipe and
             TRL's RewardTrainer save it), a sequence-classification model, or a base model name (its score head is
             then random, as chatllama's critic is without a reward checkpoint). For the critic, None means "the
-            reward model's": the critic starts as a separately-weighted copy of the reward model.
+            reward model's": the critic starts as a separately-weighted copy of the reward model, head included
+            (chatllama's ModelLoader copies the reward checkpoint into the empty critic folder).
         model_head_hidden_size: width of the Linear-ReLU-Linear head.
         max_sequence_length: longest sequence the model scores, in tokens.
         dtype: (stackrlhf) "float32" (chatllama) or "bfloat16".
@@ -185,6 +186,13 @@ class ChatLlamaConfig:
     def __post_init__(self) -> None:
         self.reward.check("reward_config")
         self.critic.check("critic_config")
+        reward_head = self.reward.model_head_hidden_size
+        if self.critic.model is None and self.critic.model_head_hidden_size != reward_head:
+            raise ConfigError(
+                f"critic_config.model_head_hidden_size {self.critic.model_head_hidden_size}: with critic_config.model "
+                f"unset the critic is a copy of the reward model, whose head has {reward_head} units; set it to "
+                f"{reward_head} or name a critic checkpoint."
+            )
 
     @property
     def critic_model(self) -> str:

@@ -23,7 +23,8 @@ class ActorLoss(NamedTuple):
         policy_loss: clipped surrogate with the entropy term.
         entropy: the entropy term before its coefficient (faithful: mean per-sequence sum of p·log p, <= 0;
             fixed: mean per-token entropy, >= 0).
-        kl: the "KL to the rollout policy" term, coefficient 1 as in chatllama.
+        kl: the "KL to the rollout policy" term, coefficient 1 as in chatllama (faithful: summed over the tokens
+            of each sequence, so it grows with completion length; fixed: mean per valid token, so it does not).
     """
 
     loss: torch.Tensor
@@ -149,8 +150,11 @@ def fixed_actor_loss(
 
     - `policy_loss = masked_mean(-min(ratio·adv, clamp(ratio, 1 ± eps)·adv)) - beta_s·masked_mean(entropy)`
       (an entropy BONUS);
-    - `kl = mean_B Σ_t mask·(old_log_p - log_p)`: the sampled estimate of the sequence-level KL(rollout || current),
-      chatllama's term with the taken token's log-probabilities and without the stray probability weight;
+    - `kl = masked_mean(old_log_p - log_p)`: the sampled per-token estimate of KL(rollout || current), chatllama's
+      term with the taken token's log-probabilities, without the stray probability weight, and averaged over the
+      batch's valid tokens instead of summed per sequence, so that its scale, and its weight against the per-token
+      policy loss, does not grow with completion length (identical per-token log-ratios give the same term for any
+      length);
     - `loss = policy_loss + kl`.
 
     Args:
@@ -162,7 +166,7 @@ def fixed_actor_loss(
     surrogate = torch.min(advantages * ratios, torch.clamp(ratios, 1 - eps_clip, 1 + eps_clip) * advantages)
     mean_entropy = masked_mean(entropy, mask)
     policy_loss = masked_mean(-surrogate, mask) - beta_s * mean_entropy
-    kl = ((old_log_probs - log_probs) * mask).sum(dim=-1).mean()
+    kl = masked_mean(old_log_probs - log_probs, mask)
     return ActorLoss(policy_loss + kl, policy_loss, mean_entropy, kl)
 
 

@@ -6,18 +6,20 @@ saved as a LoRA adapter with `score` in modules_to_save). It is mapped into chat
 adapter is merged into the backbone, and the head `Linear(H, head_hidden) -> ReLU -> Linear(head_hidden, 1)` is
 initialised so that it computes the linear score, using s = relu(s) - relu(-s) on its first two units (the other
 units start with PyTorch's default input weights and a zero output weight: they add nothing yet, and learn). The
-reward model therefore scores every position [B, L] with our reward function; the critic is a second copy loaded
-from the same checkpoint (its own weights, fully fine-tuned), chatllama's "critic initialised from the reward model".
+reward model therefore scores every position [B, L] with our reward function. Unless `critic_config.model` names
+its own checkpoint, the critic starts as a copy of the reward model, head included (`load_critic`): chatllama's
+critic initialised from the reward model, with its own weights, fully fine-tuned.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from torch import nn
-from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
@@ -75,6 +77,10 @@ def check_model_families(config: ChatLlamaConfig) -> None:
 class ActorModel(nn.Module):
     """The policy: a causal LM (optionally LoRA-wrapped) and its left-padding tokenizer.
 
+    The checkpoint's generation defaults (its generation_config.json: top_k, repetition_penalty, min_new_tokens...)
+    are kept aside in `checkpoint_generation_config` and the model's own are blanked, so that `generate` runs with
+    exactly the settings of `generation_settings` and nothing else is merged in.
+
     Args:
         config: `actor_config`. `model` may be an SFT adapter directory, merged into its base here.
         context_length: longest prompt + completion, in tokens.
@@ -96,6 +102,8 @@ class ActorModel(nn.Module):
         if adapter is not None:
             model = PeftModel.from_pretrained(model, config.model).merge_and_unload()
         model.requires_grad_(not config.peft_enable)  # merging an adapter leaves the weights frozen
+        self.checkpoint_generation_config = model.generation_config
+        model.generation_config = GenerationConfig()
         if config.peft_enable:
             if config.load_in_8bit:
                 model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -112,15 +120,34 @@ class ActorModel(nn.Module):
         """Logits [B, L, V] of `sequences` [B, L] under `sequences_mask` [B, L]."""
         return self.model(input_ids=sequences, attention_mask=sequences_mask, position_ids=position_ids).logits
 
+    def generation_settings(self, *, sample: bool, max_new_tokens: int) -> GenerationConfig:
+        """Everything a `generate` call uses (the model's own defaults are blank, see the class docstring).
+
+        `sample=False` is chatllama's call: `generate(max_new_tokens, no_repeat_ngram_size=3)` without `do_sample`
+        on top of the checkpoint's generation defaults, which HF generate merges in; greedy (its temperature has no
+        effect). `sample=True` samples from softmax(logits / temperature) with no other logits processor or warper
+        (no top-k/top-p, repetition penalty, minimum length or suppressed tokens, whatever the checkpoint sets), so
+        the stored log-probabilities, log_softmax(logits / temperature), are those of the sampling distribution.
+        """
+        special = {"pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
+        if not sample:
+            settings = copy.deepcopy(self.checkpoint_generation_config)
+            settings.update(max_new_tokens=max_new_tokens, do_sample=False, no_repeat_ngram_size=3, **special)
+            return settings
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=True,
+            temperature=self.config.temperature,
+            top_k=0,
+            top_p=1.0,
+            **special,
+        )
+
     @torch.no_grad()
     def generate(
         self, states: torch.Tensor, states_mask: torch.Tensor, *, sample: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Complete the left-padded prompts `states` [B, P].
-
-        `sample=False` is chatllama's call: `generate(max_new_tokens, no_repeat_ngram_size=3)` without `do_sample`,
-        i.e. greedy (its temperature has no effect). `sample=True` samples from softmax(logits / temperature) with no
-        other logits processor, so the stored log-probabilities are those of the sampling distribution.
+        """Complete the left-padded prompts `states` [B, P], greedily or by sampling (see `generation_settings`).
 
         Returns:
             (actions [B, A], sequences [B, P + A]); rows that ended early are padded with the pad token.
@@ -135,18 +162,8 @@ class ActorModel(nn.Module):
                 f"actor_config.max_sequence_length {self.context_length}: a prompt of {prompt_len} tokens leaves "
                 f"{room} for the completion, fewer than min_tokens {self.config.min_tokens} (or 1)."
             )
-        if sample:
-            decoding = {"do_sample": True, "temperature": self.config.temperature, "top_k": 0, "top_p": 1.0}
-        else:
-            decoding = {"do_sample": False, "no_repeat_ngram_size": 3}
-        sequences = self.model.generate(
-            input_ids=states,
-            attention_mask=states_mask,
-            max_new_tokens=min(self.config.max_tokens, room),
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            **decoding,
-        )
+        settings = self.generation_settings(sample=sample, max_new_tokens=min(self.config.max_tokens, room))
+        sequences = self.model.generate(input_ids=states, attention_mask=states_mask, generation_config=settings)
         return sequences[:, prompt_len:], sequences
 
 
@@ -211,6 +228,25 @@ class RewardModel(nn.Module):
 
 CriticModel = RewardModel
 """As in chatllama, the critic is the reward model's class with its own weights."""
+
+
+def load_critic(config: ChatLlamaConfig, reward: RewardModel) -> CriticModel:
+    """The critic: loaded from `critic_config.model` when it is set, else a copy of `reward`.
+
+    The copy is chatllama's `ModelLoader.init_critic_from_reward`, which copies the reward checkpoint (backbone and
+    head) into the empty critic folder: the reward checkpoint is loaded again at the critic's precision (never
+    8-bit, the critic is trained) and `reward`'s head is copied in. With the same dtype and a reward model that is
+    not 8-bit, the critic's state_dict therefore equals the reward model's tensor for tensor, in its own storage.
+
+    Args:
+        config: all sections (`critic_config`, and `reward_config.model` for the copy).
+        reward: the loaded reward model, whose head the copy takes.
+    """
+    if config.critic.model is not None:
+        return CriticModel.from_checkpoint(config.critic, config.critic.model, "critic_config")
+    critic = CriticModel.from_checkpoint(config.critic, config.reward.model, "critic_config")
+    critic.head.load_state_dict(reward.head.state_dict())
+    return critic
 
 
 def linear_head_as_mlp(score: nn.Linear, hidden_size: int) -> nn.Sequential:

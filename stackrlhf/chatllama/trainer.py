@@ -33,10 +33,10 @@ from stackrlhf.chatllama.losses import (
 from stackrlhf.chatllama.models import (
     ActorCritic,
     ActorModel,
-    CriticModel,
     RewardModel,
     check_model_families,
     load_actor_tokenizer,
+    load_critic,
     position_ids_from_mask,
 )
 from stackrlhf.chatllama.prompts import PromptSampler, check_prompt_lengths
@@ -57,7 +57,8 @@ class ChatLlamaTrainer:
     """chatllama's actor/critic RLHF on `prompts`, with the settings of `config`.
 
     Loads, in this order (cheap checks first): the model families, the actor's tokenizer and the prompt lengths, the
-    actor, the critic and the reward model. Nothing is shared between the three models.
+    actor, the reward model and the critic (a copy of the reward model unless `critic_config.model` is set, see
+    `load_critic`). Nothing is shared between the three models.
 
     Args:
         config: the four sections; `config.trainer.mode` picks faithful or fixed behaviour.
@@ -79,8 +80,8 @@ class ChatLlamaTrainer:
         torch.manual_seed(config.trainer.seed)
         self.device = resolve_device(config.trainer.device)
         actor = ActorModel(config.actor, config.context_length)
-        critic = CriticModel.from_checkpoint(config.critic, config.critic_model, "critic_config")
         self.reward = RewardModel.from_checkpoint(config.reward, config.reward.model, "reward_config")
+        critic = load_critic(config, self.reward)
         critic.requires_grad_(True)  # fully fine-tuned (a merged adapter leaves the weights frozen)
         # chatllama never freezes the reward model (it only has no optimizer); "fixed" does.
         for param in self.reward.parameters():
@@ -176,7 +177,9 @@ class ChatLlamaTrainer:
         """chatllama's update: `epochs` passes over the buffer in order, one actor step and one critic step per batch.
 
         Cosine-with-restarts schedulers (T_0 = buffer size, eta_min = 0.1 x lr) are created anew for each call and
-        stepped after every optimizer step, as in chatllama. Modules are in train mode (dropout on).
+        stepped after every optimizer step, as in chatllama. faithful: actor and critic in train mode, dropout on, as
+        chatllama's `actorcritic.train()` (so the first ratio is not 1 even for unchanged weights); fixed: eval mode,
+        no dropout, so the new log-probabilities and values are computed as the rollout's were.
 
         Raises:
             ValueError: a loss is NaN (chatllama's guard).
@@ -192,7 +195,7 @@ class ChatLlamaTrainer:
             for optimizer, lr in ((self.actor_optimizer, trainer.actor_lr), (self.critic_optimizer, trainer.critic_lr))
         ]
         stats = LearnStats(mean_reward=sum(m.final_reward for m in memories) / len(memories))
-        self.actorcritic.train()
+        self.actorcritic.train(self.mode == "faithful")
         steps = tqdm(total=trainer.epochs * len(loader), desc="learn", leave=False, disable=len(loader) < 8)
         for _ in range(trainer.epochs):
             for batch in loader:

@@ -22,7 +22,7 @@ from stackrlhf.data.prompts import (
     read_prompts,
     tokenize_prompts,
 )
-from stackrlhf.data.readers import BUNDLED_DATASET
+from stackrlhf.data.sources import BUNDLED_DATASET
 from stackrlhf.data.splits import load_splits, split_pairs
 from stackrlhf.data.templates import (
     PROMPT_TEMPLATE,

@@ -1,7 +1,13 @@
 """`DataArguments`: the data options of every recipe, parsed by `trl.TrlParser` beside TRL's own configs.
 
-Field names avoid those of TRL's ScriptArguments, SFTConfig, RewardConfig and ModelConfig and of transformers'
-TrainingArguments (``dataset_name``, ``dataset_config``, ``seed``, ``data_seed``, ``max_length`` ...).
+The source options follow TRL's `ScriptArguments` (``--dataset_name``, ``--dataset_config``, ``--dataset_streaming``)
+and StackLLaMA's scripts (``--subset``), so their command lines carry over; no recipe parses `ScriptArguments` itself,
+and the names clash with none of TRL's trainer configs, `ModelConfig` or transformers' `TrainingArguments`.
+
+One split, not TRL's two: TRL's scripts train on ``--dataset_train_split`` and evaluate on ``--dataset_test_split``;
+here (as in StackLLaMA, which read ``--split train`` and held its validation rows out of it) the evaluation rows are
+held out of the one ``--dataset_split`` by a seeded shuffle (``--eval_samples``, ``--dataset_seed``), so every source
+(a single file too, which has one split only) is split the same way and the same seed gives the same rows.
 """
 
 from __future__ import annotations
@@ -10,21 +16,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stackrlhf.data.formats import DATASET_FORMATS, DatasetFormat, parse_column_mapping
-from stackrlhf.data.readers import BUNDLED_DATASET, looks_like_hub_name
+from stackrlhf.data.readers import looks_like_hub_name
+from stackrlhf.data.sources import BUNDLED_DATASET, BUNDLED_FILE, check_parts, is_saved_dataset
 from stackrlhf.errors import ConfigError, DataError
 
 
 @dataclass
 class DataArguments:
-    """Where the preference data comes from, how to read it, and how to split it into training and evaluation rows."""
+    """Where the preference data comes from, how to read it, and how to split it into training and evaluation rows.
 
-    dataset_path: str = field(
+    `dataset_path` is the old name of `dataset_name`: given (on the command line or as ``dataset_path:`` in a config),
+    its value moves to `dataset_name` and it reads None again.
+    """
+
+    dataset_name: str = field(
         default=BUNDLED_DATASET,
         metadata={
-            "help": f"The preference data: a local .jsonl, .json, .csv or .parquet file (.jsonl.gz, .json.gz and "
-            f".csv.gz too), a local `datasets` folder, or a Hugging Face Hub dataset name such as "
-            f"lvwerra/stack-exchange-paired. The default, {BUNDLED_DATASET}, is the bundled 2,312-row HH-RLHF "
-            f"harmless-base test split and needs no network."
+            "help": f"Path or name of the dataset to load: a local .jsonl, .json, .csv or .parquet file (.jsonl.gz, "
+            f".json.gz and .csv.gz too), a local folder of such files or one written by datasets' save_to_disk, or a "
+            f"Hugging Face Hub dataset name such as lvwerra/stack-exchange-paired. The default, {BUNDLED_DATASET}, is "
+            f"the bundled 2,312-row HH-RLHF harmless-base test split and needs no network. --dataset_path is its old "
+            f"name."
+        },
+    )
+    dataset_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Old name of --dataset_name, still read on the command line and as dataset_path: in configs; give "
+            "one of the two."
         },
     )
     dataset_format: DatasetFormat = field(
@@ -38,20 +57,30 @@ class DataArguments:
             "chosen/rejected but no question, columns otherwise. Column names are read after --column_mapping."
         },
     )
-    dataset_subset: str | None = field(
+    dataset_config: str | None = field(
         default=None,
-        metadata={"help": "Configuration (subset) name of a Hub dataset; not used for local files."},
+        metadata={
+            "aliases": ["--subset"],
+            "help": "Dataset configuration name. Corresponds to the `name` argument of the `datasets.load_dataset` "
+            "function. A name the dataset has no configuration of is taken as a folder inside it (load_dataset's "
+            "data_dir), as StackLLaMA's --subset data/finetune; in a local folder, a subfolder of that name. Not for "
+            "single files or save_to_disk folders. --subset is another name for it.",
+        },
     )
     dataset_data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Folder inside a Hub dataset to load, e.g. data/finetune, data/reward or data/rl for "
-            "lvwerra/stack-exchange-paired; not used for local files."
+            "help": "Folder inside the dataset to load (load_dataset's data_dir), e.g. data/finetune, data/reward or "
+            "data/rl for lvwerra/stack-exchange-paired; for a dataset that has both a --dataset_config and folders. "
+            "Not for single files or save_to_disk folders."
         },
     )
     dataset_split: str = field(
         default="train",
-        metadata={"help": "Split of a Hub dataset or local dataset folder to load; not used for single files."},
+        metadata={
+            "help": "Dataset split to read, e.g. train or test; the evaluation rows are held out of it "
+            "(--eval_samples). A single file and a save_to_disk'd Dataset are one split and ignore it."
+        },
     )
     column_mapping: str | None = field(
         default=None,
@@ -99,7 +128,14 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
-        """Reject values that can never work, before any data is read."""
+        """Move `dataset_path` to `dataset_name`; reject values that can never work, before any data is read."""
+        if self.dataset_path is not None:
+            if self.dataset_name not in (BUNDLED_DATASET, self.dataset_path):
+                raise ConfigError(
+                    f"dataset_name {self.dataset_name!r} and dataset_path {self.dataset_path!r} (its old name) "
+                    "disagree; give dataset_name only."
+                )
+            self.dataset_name, self.dataset_path = self.dataset_path, None
         if self.dataset_format not in DATASET_FORMATS:
             raise ConfigError(f"dataset_format {self.dataset_format!r}: choose one of {', '.join(DATASET_FORMATS)}")
         parse_column_mapping(self.column_mapping)
@@ -111,14 +147,18 @@ class DataArguments:
             raise ConfigError(f"eval_samples must not be negative, got {self.eval_samples}")
 
 
-def check_dataset_path(args: DataArguments) -> None:
-    """A local `dataset_path` exists (a Hub name passes: loading it tells); run where the options are parsed, so a
-    typo is reported before any model loads.
+def check_dataset_name(args: DataArguments) -> None:
+    """A local `dataset_name` exists, and a single file or saved dataset gets no `dataset_config` or
+    `dataset_data_dir` (a Hub name passes: loading it tells); run where the options are parsed, so a typo is reported
+    before any model loads.
 
     Raises:
         DataError: a path that is not the bundled sample, not a Hub name and not on disk.
+        ConfigError: `dataset_config` or `dataset_data_dir` for the bundled sample, a single local file or a folder
+            that `save_to_disk` wrote.
     """
-    if args.dataset_path == BUNDLED_DATASET or looks_like_hub_name(args.dataset_path):
-        return
-    if not Path(args.dataset_path).expanduser().exists():
-        raise DataError(f"{args.dataset_path}: no such file")
+    local = BUNDLED_FILE if args.dataset_name == BUNDLED_DATASET else Path(args.dataset_name).expanduser()
+    if local.is_file() or is_saved_dataset(local):
+        check_parts(args.dataset_name, local, args.dataset_config, args.dataset_data_dir)
+    elif not local.exists() and not looks_like_hub_name(args.dataset_name):
+        raise DataError(f"{args.dataset_name}: no such file")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from datasets import Dataset
 
 from stackrlhf.data.formats import PAIR_FIELDS, BadRow, parse_column_mapping, resolve_converter
-from stackrlhf.data.readers import BUNDLED_DATASET, open_source
+from stackrlhf.data.sources import BUNDLED_DATASET, open_source
 from stackrlhf.data.templates import string_dataset
 from stackrlhf.errors import DataError
 
@@ -48,11 +49,11 @@ class LoadedPairs:
 
 
 def load_preference_pairs(
-    path: str = BUNDLED_DATASET,
+    name: str = BUNDLED_DATASET,
     *,
     dataset_format: str = "auto",
     column_mapping: str | Mapping[str, str] | None = None,
-    subset: str | None = None,
+    config: str | None = None,
     data_dir: str | None = None,
     split: str = "train",
     skip_bad_rows: bool | None = None,
@@ -62,11 +63,12 @@ def load_preference_pairs(
     """Read a source and normalise every row to a preference pair.
 
     Args:
-        path: `BUNDLED_DATASET`, a local .jsonl/.json/.csv/.parquet file (.jsonl.gz, .json.gz, .csv.gz too), a local
-            `datasets` folder or a Hugging Face Hub dataset name.
+        name: `BUNDLED_DATASET`, a local .jsonl/.json/.csv/.parquet file (.jsonl.gz, .json.gz, .csv.gz too), a local
+            folder of such files or one `datasets`' `save_to_disk` wrote, or a Hugging Face Hub dataset name.
         dataset_format: ``"auto"``, ``"stack_exchange"``, ``"hh"`` or ``"columns"`` (see `stackrlhf.data.formats`).
         column_mapping: source column -> ``question``/``chosen``/``rejected``, as a dict or ``"a=question,b=chosen"``.
-        subset: Hub configuration name. data_dir: folder inside the Hub dataset. split: the split to load.
+        config, data_dir, split, streaming: which part of a folder or Hub dataset to read, and how (see
+            `stackrlhf.data.sources.open_source`).
         skip_bad_rows: True skips bad rows (counted in the result and logged as one warning), False raises on the
             first one. None (the default) skips for the bundled sample, whose 9 rows that don't split into a clean
             pair are known, and is strict for any other source.
@@ -77,13 +79,13 @@ def load_preference_pairs(
     Raises:
         DataError: an unreadable source, missing columns, a bad row when strict, or no usable rows. The message is one
             line naming the source and, for a bad row, its 1-based row number, the field and the problem, e.g.
-            ``"harmless.jsonl, row 17, field 'chosen': empty text"``.
-        ConfigError: a malformed column mapping or an unknown format.
+            ``"harmless.jsonl, row 17, field 'chosen': empty text"`` (in a folder of files, the file in it).
+        ConfigError: a malformed column mapping, an unknown format, or a `config` or `data_dir` the source lacks.
     """
     mapping = parse_column_mapping(column_mapping)
     if skip_bad_rows is None:
-        skip_bad_rows = path == BUNDLED_DATASET
-    source = open_source(path, subset=subset, data_dir=data_dir, split=split, streaming=streaming)
+        skip_bad_rows = name == BUNDLED_DATASET
+    source = open_source(name, config=config, data_dir=data_dir, split=split, streaming=streaming)
     # No columns: the source is empty or none of its rows could be decoded (each is reported as a bad row below).
     convert = (
         resolve_converter(source.columns, dataset_format, mapping, source=source.name) if source.columns else None
@@ -102,7 +104,8 @@ def load_preference_pairs(
         except BadRow as bad:
             reason = bad.describe(row.number)
             if not skip_bad_rows:
-                raise DataError(f"{source.name}, {reason}") from None
+                raise DataError(f"{source.where(row)}, {reason}") from None
+            reason = f"{row.file}, {reason}" if row.file else reason
             skipped += 1
             if len(reasons) < MAX_REPORTED_REASONS:
                 reasons.append(reason)
@@ -115,5 +118,18 @@ def load_preference_pairs(
     if not loaded.pairs.num_rows:
         raise DataError(f"{loaded.summary()}; no usable rows left")
     if skipped:
-        logger.warning(loaded.summary())
+        report_skipped_once(loaded.summary())
     return loaded
+
+
+_REPORTED: set[str] = set()
+
+
+def report_skipped_once(summary: str) -> None:
+    """Warn about skipped rows once per run: a run reads its data several times (each offline stage, the RL loop,
+    evaluation) and in each of its processes, but the same skipped rows are worth one line, from the first process."""
+    if summary in _REPORTED or os.environ.get("RANK", "0") != "0":
+        logger.debug(summary)
+        return
+    _REPORTED.add(summary)
+    logger.warning(summary)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from stackrlhf.data.formats import BadRow, text_value
-from stackrlhf.data.readers import open_source
+from stackrlhf.data.sources import open_source
 from stackrlhf.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def _dataset_texts(name: str, column: str) -> list[str]:
             if value is not None and str(value).strip():
                 texts.append(text_value({column: str(value)}, column))
     except BadRow as bad:
-        raise ConfigError(f"--prompts_dataset {source.name}, {bad.describe(row.number)}") from None
+        raise ConfigError(f"--prompts_dataset {source.where(row)}, {bad.describe(row.number)}") from None
     except DataError as err:
         raise ConfigError(f"--prompts_dataset {err}") from err
     return texts

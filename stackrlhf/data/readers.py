@@ -1,8 +1,9 @@
-"""Read the raw rows of a data source: a local file, a `datasets` Hub name or folder, or the bundled sample.
+"""Read the raw rows of a local data file (.jsonl, .json, .csv, .parquet; the text ones also gzip-compressed).
 
 Local files are read here rather than through `datasets`, so that every row keeps its number and a broken row is
 reported (or skipped) on its own instead of failing the whole file. Row numbers are 1-based: the line number for JSON
-lines, the record number (header not counted) for CSV, JSON arrays, Parquet and `datasets` sources.
+lines, the record number (header not counted) for CSV, JSON arrays and Parquet. `stackrlhf.data.sources` opens a
+source by name (the bundled sample, a file, a folder of files, a saved or Hub dataset) with these readers.
 
 Text is decoded as UTF-8 with undecodable bytes kept as lone surrogates, so a bad byte only spoils the field that
 holds it (`formats.text_value` reports it as invalid UTF-8).
@@ -21,29 +22,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stackrlhf.errors import ConfigError, DataError, first_line
-
-BUNDLED_DATASET = "stackrlhf/hh-rlhf-harmless"
-"""Name of the bundled HH-RLHF harmless-base test split (2,312 rows), so that default runs need no network."""
-BUNDLED_FILE = Path(__file__).parent / "bundled" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+from stackrlhf.errors import DataError, first_line
 
 FILE_TYPES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _TEXT_TYPES = ("jsonl", "json", "csv")  # the ones that may also be gzip-compressed (".jsonl.gz" ...)
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-_HUB_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
 class RawRow:
-    """One source row before conversion: its values, or (values None) the problem that kept it from being decoded."""
+    """One source row before conversion: its values, or (values None) the problem that kept it from being decoded.
+
+    `number` counts within its file; `file` names that file in a source of several files (None otherwise).
+    """
 
     number: int
     values: Mapping[str, Any] | None
     problem: str | None = None
+    file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,37 +53,9 @@ class SourceRows:
     columns: list[str]
     rows: Iterator[RawRow]
 
-
-def open_source(
-    path: str,
-    *,
-    subset: str | None = None,
-    data_dir: str | None = None,
-    split: str = "train",
-    streaming: bool = False,
-) -> SourceRows:
-    """Open `path`: `BUNDLED_DATASET`, a local file, a local `datasets` folder, or a Hugging Face Hub dataset name.
-
-    Args:
-        path: where the data is. A local file must end in .jsonl, .json, .csv or .parquet (the first three may be
-            gzip-compressed, e.g. .jsonl.gz); a .json file holds either an array of objects or JSON lines.
-        subset: the Hub dataset's configuration name (Hub datasets and local folders only).
-        data_dir: the folder inside the Hub dataset to load (Hub datasets and local folders only).
-        split: the split to load from a Hub dataset or local folder.
-        streaming: read a Hub dataset row by row instead of downloading it whole (rows come in the source's order).
-
-    Raises:
-        DataError: a missing or unreadable file, an unknown file type, or a Hub dataset that cannot be loaded.
-        ConfigError: `subset` or `data_dir` given for a single file.
-    """
-    if path == BUNDLED_DATASET:
-        return read_file(BUNDLED_FILE, name=BUNDLED_FILE.name)
-    local = Path(path).expanduser()
-    if local.is_dir() or (not local.exists() and looks_like_hub_name(path)):
-        return _read_datasets(path, subset=subset, data_dir=data_dir, split=split, streaming=streaming)
-    if subset or data_dir:
-        raise ConfigError(f"{path}: a dataset subset or data_dir only applies to Hub datasets and local folders")
-    return read_file(local, name=path)
+    def where(self, row: RawRow) -> str:
+        """How messages name the file `row` comes from: its own file in a source of several, else the source."""
+        return row.file or self.name
 
 
 def read_file(path: Path, *, name: str) -> SourceRows:
@@ -117,7 +88,7 @@ def _open_file(path: Path, name: str, file_type: str, compressed: bool) -> Sourc
         return _read_csv(text, name)
     if file_type == "json" and _starts_with_bracket(text):
         return _read_json_array(text, name)
-    return _with_columns(name, _json_lines(text))
+    return with_columns(name, _json_lines(text))
 
 
 def _rows_or_unreadable(name: str, rows: Iterator[RawRow]) -> Iterator[RawRow]:
@@ -185,7 +156,7 @@ def _read_json_array(text: IO[str], name: str) -> SourceRows:
             raise DataError(f"{name}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from err
     if not isinstance(values, list):
         raise DataError(f"{name}: expected an array of objects or one JSON object per line")
-    return _with_columns(name, (_object_row(number, value) for number, value in enumerate(values, start=1)))
+    return with_columns(name, (_object_row(number, value) for number, value in enumerate(values, start=1)))
 
 
 def _object_row(number: int, value: Any) -> RawRow:
@@ -235,27 +206,7 @@ def _read_parquet(path: Path, name: str) -> SourceRows:
     return SourceRows(name, columns, rows())
 
 
-def _read_datasets(path: str, *, subset: str | None, data_dir: str | None, split: str, streaming: bool) -> SourceRows:
-    """A split of a Hugging Face Hub dataset or a local dataset folder, via `datasets.load_dataset`."""
-    try:
-        dataset = datasets.load_dataset(path, subset, data_dir=data_dir, split=split, streaming=streaming)
-    except (OSError, ValueError) as err:  # not found, offline, unknown split or config ...
-        raise DataError(f"{path}: not a local file, and loading it with datasets failed ({first_line(err)})") from err
-
-    def rows() -> Iterator[RawRow]:
-        batches = dataset.iter(batch_size=_HUB_BATCH_SIZE)
-        records = (
-            dict(zip(batch, values, strict=True)) for batch in batches for values in zip(*batch.values(), strict=True)
-        )
-        for number, values in enumerate(records, start=1):
-            yield RawRow(number, values)
-
-    if dataset.column_names is None:  # a stream that does not declare its features: read them off the first row
-        return _with_columns(path, rows())
-    return SourceRows(path, list(dataset.column_names), rows())
-
-
-def _with_columns(name: str, rows: Iterable[RawRow]) -> SourceRows:
+def with_columns(name: str, rows: Iterable[RawRow]) -> SourceRows:
     """Take the column names from the first decodable row, keeping every row (that one included) in order."""
     rows = iter(rows)
     seen: list[RawRow] = []

@@ -39,6 +39,10 @@ def split_pairs(
 def load_splits(args: DataArguments) -> tuple[Dataset, Dataset]:
     """Load the preference data `args` describes and split it into (train, eval) with `split_pairs`.
 
+    Both come from the one split `args.dataset_split` (TRL's scripts read a second, ``--dataset_test_split``, for
+    evaluation): the evaluation rows are held out of it by the seeded shuffle, so a single file (one split only) and
+    a Hub dataset are split alike, and the same `dataset_seed` always holds out the same rows.
+
     Both datasets have string columns ``question``, ``chosen`` and ``rejected``; turn them into training shapes with
     `to_sft_dataset`, `to_reward_dataset` or `to_prompt_dataset`. Skipped bad rows are logged as a warning; use
     `load_preference_pairs` directly to get their count.
@@ -47,10 +51,10 @@ def load_splits(args: DataArguments) -> tuple[Dataset, Dataset]:
         DataError: unreadable data, a bad row when not skipping, no usable rows, or too few rows for `eval_samples`.
     """
     loaded = load_preference_pairs(
-        args.dataset_path,
+        args.dataset_name,
         dataset_format=args.dataset_format,
         column_mapping=args.column_mapping,
-        subset=args.dataset_subset,
+        config=args.dataset_config,
         data_dir=args.dataset_data_dir,
         split=args.dataset_split,
         skip_bad_rows=args.skip_bad_rows or None,  # None: strict, except for the bundled sample's known bad rows

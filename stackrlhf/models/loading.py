@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.modeling_utils import set_zero3_state
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from stackrlhf.errors import ConfigError, first_line, one_line
@@ -275,9 +276,8 @@ def load_model(
             model = AutoModelForSequenceClassification.from_pretrained(name, config=config, **kwargs)
     except (OSError, ValueError, SafetensorError) as err:
         raise _cannot_load(model_args.model_name_or_path, "it", err) from err
-    # Adapters saved later record this name as their base: keep the name the user gave (e.g. the bundled
-    # `stackrlhf/stories260K`) rather than the cache directory it resolved to.
-    model.config._name_or_path = model.name_or_path = model_args.model_name_or_path
+    # Adapters saved later record the directory `name` resolved to (for the bundled `stackrlhf/stories260K`, its
+    # converted copy in the cache) as their base, so plain peft and transformers find it offline.
     if task == "sequence_classification" and model.config.pad_token_id is None:
         model.config.pad_token_id = model.config.eos_token_id
     if with_peft:
@@ -305,7 +305,9 @@ def skeleton_model(
         raise _cannot_load(model_args.model_name_or_path, "its config", err) from err
     auto_class = AutoModelForCausalLM if task == "causal_lm" else AutoModelForSequenceClassification
     model_class = auto_class._model_mapping.get(type(config), None)  # the class itself: `from_config` would build it
-    with init_empty_weights():  # inside DeepSpeed's ZeRO-3 `zero.Init` when a launch enables it, and fail on meta
+    # On the meta device, and outside DeepSpeed's ZeRO-3 `zero.Init`, which transformers would enter for the
+    # submodels a model builds with `from_config` (a sequence classifier's body) and which fails on meta tensors.
+    with init_empty_weights(), set_zero3_state():
         if model_class is None:  # remote code: only `from_config` knows the class
             return auto_class.from_config(config, trust_remote_code=trust_remote_code)
         return model_class(config)

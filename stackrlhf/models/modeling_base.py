@@ -11,9 +11,11 @@ Checkpoint layouts (as 0.11.4 writes and reads them):
 * plain model: the transformers checkpoint (`model.safetensors`, or shards + `model.safetensors.index.json`) holds the
   model's weights and the value head's, under `v_head.summary.weight` and `v_head.summary.bias`;
 * peft model: the adapter (`adapter_config.json`, `adapter_model.safetensors`, as peft saves it) and, beside it,
-  `pytorch_model.bin`: a `torch.save`d state dict with only the two `v_head.` tensors.
+  the two `v_head.` tensors. 0.11.4 pickles them into `pytorch_model.bin`; stackrlhf writes them to
+  `model.safetensors` (no pickle in anything we write), which 0.11.4 also reads first.
 
-Loading also reads `pytorch_model.bin` and `pytorch_model.bin.index.json` checkpoints, locally or from the Hub.
+Loading also reads `pytorch_model.bin` and `pytorch_model.bin.index.json` checkpoints (0.11.4's value head beside an
+adapter included, with `torch.load(weights_only=True)`), locally or from the Hub.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from huggingface_hub.errors import (
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from peft.config import PeftConfig
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import BitsAndBytesConfig, PreTrainedModel, is_torch_npu_available, is_torch_xpu_available
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
@@ -60,8 +63,8 @@ LAYER_PATTERNS = [
 ]
 """Where `create_reference_model` looks for layer `{layer}` (GPT-2, OPT, GPT-NeoX, Llama-like names)."""
 
-VALUE_HEAD_FILE = "pytorch_model.bin"
-"""Beside a peft adapter, the value head's weights (0.11.4's name: it holds nothing else)."""
+VALUE_HEAD_FILE = "model.safetensors"
+"""Beside a peft adapter, the value head's weights (safetensors; TRL 0.11.4 pickled them into `pytorch_model.bin`)."""
 
 _CHECKPOINT_FILES = ("model.safetensors", "pytorch_model.bin")
 _INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -281,13 +284,11 @@ class PreTrainedModelWrapper(nn.Module):
 
     @classmethod
     def _load_transformers_model(cls, name: str, *model_args, **model_kwargs) -> PreTrainedModel:
-        """`transformers_parent_class.from_pretrained`, with `TINY_MODEL` resolved; the model keeps the name given
-        (adapters saved from it record that name as their base)."""
-        model = cls.transformers_parent_class.from_pretrained(
+        """`transformers_parent_class.from_pretrained`, with `TINY_MODEL` resolved to its converted directory, which
+        adapters saved from the model record as their base (plain peft and transformers find it offline)."""
+        return cls.transformers_parent_class.from_pretrained(
             resolve_model_name_or_path(name), *model_args, **model_kwargs
         )
-        model.config._name_or_path = model.name_or_path = name
-        return model
 
     @classmethod
     def _split_kwargs(cls, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -435,7 +436,8 @@ class PreTrainedModelWrapper(nn.Module):
         # peft saves only the adapter: the value head goes into its own file, beside it.
         if kwargs.get("is_main_process", True):
             os.makedirs(save_directory, exist_ok=True)
-            torch.save(state_dict, os.path.join(save_directory, VALUE_HEAD_FILE))
+            value_head = {key: tensor.detach().cpu().clone() for key, tensor in state_dict.items()}  # no shared views
+            save_file(value_head, os.path.join(save_directory, VALUE_HEAD_FILE))
         self.pretrained_model.save_pretrained(save_directory, **kwargs)
 
     def push_to_hub(

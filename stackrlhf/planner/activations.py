@@ -17,6 +17,14 @@ from stackrlhf.planner.inventory import ModelDims
 FLOAT32_BYTES = 4
 HEAD_CHUNK_ELEMENTS = 2**22
 """`stackrlhf.trainer.lean_forward.CHUNK_ELEMENTS`: logits the PPO step computes at once (kept equal; tested)."""
+FUSED_HEAD_TOKENS = 4096
+"""`trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE`: tokens per tile of TRL's fused LM head (kept equal; tested)."""
+FUSED_HEAD_COLUMNS = 32768
+"""`trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE`: vocabulary columns per tile of TRL's fused LM head; its tile buffer
+has this width whatever the vocabulary (kept equal; tested)."""
+FUSED_HEAD_TOKEN_FLOATS = 8
+"""float32 values per token the fused head keeps (running max, sums of exponentials, target logit, log-probability,
+entropy, ...)."""
 
 # (forward, backward) counts of (tokens, I) buffers alive at the peak of one block's no-grad forward pass and of
 # its (recomputed) backward pass, per MLP activation. Separate-op activations keep their intermediates: GPT-2's
@@ -139,6 +147,45 @@ def training_logits_bytes(stage: str, dims: ModelDims, tokens: int, act_bytes: i
         return head_chunk_bytes(dims, row_tokens, act_bytes, buffers=3)
     model_dtype_copy = act_bytes if act_bytes != FLOAT32_BYTES else 0
     return tokens * dims.vocab * (model_dtype_copy + 3 * FLOAT32_BYTES)
+
+
+def fused_head_saved_bytes(dims: ModelDims, tokens: int, act_bytes: int) -> int:
+    """What TRL 1.16's fused LM head (`trl.trainer.utils.add_fused_lm_head`, used by its DPO, GRPO and RLOO
+    trainers) keeps for its backward pass over `tokens` scored tokens: the final hidden states of those tokens gathered
+    into one `(tokens, h)` tensor, and `FUSED_HEAD_TOKEN_FLOATS` float32 statistics per token."""
+    return tokens * (dims.hidden * act_bytes + FUSED_HEAD_TOKEN_FLOATS * FLOAT32_BYTES)
+
+
+def fused_head_bytes(dims: ModelDims, tokens: int, act_bytes: int, backward: bool) -> int:
+    """TRL's fused LM head over `tokens` scored tokens: log-probabilities (and entropy) tile by tile, so no
+    `(tokens, V)` logits exist. Forward: what it keeps (`fused_head_saved_bytes`) plus its tile buffer,
+    `min(tokens, 4096) x 32768` logits in the compute dtype (allocated at full width, even for a smaller vocabulary).
+    Backward: the same, and the float32 gradient of the hidden states, `(tokens, h)`, that it accumulates tile by tile.
+    On a GPU a Triton kernel folds each tile in place; elsewhere torch operators make a few tile-sized temporaries
+    more, which the plan leaves out."""
+    tile = min(tokens, FUSED_HEAD_TOKENS) * FUSED_HEAD_COLUMNS * act_bytes
+    gradient = tokens * dims.hidden * FLOAT32_BYTES if backward else 0
+    return fused_head_saved_bytes(dims, tokens, act_bytes) + tile + gradient
+
+
+def no_grad_forward_bytes(
+    dims: ModelDims,
+    tokens: int,
+    act_bytes: int,
+    dequantized: int,
+    quantization: str = "none",
+    head_tokens: int = 0,
+) -> int:
+    """A forward pass without gradients over `tokens` tokens that returns only the last hidden states or the fused
+    head's log-probabilities (DPO's reference pass; GRPO/RLOO's reference log-probs and reward scores): the larger of
+    one block's transient buffers (`block_forward_bytes`, with a dequantized 4-bit weight) and, at the end, the final
+    hidden states `(tokens, h)` with the fused head's forward over `head_tokens` scored tokens (0: a reward model's
+    score head, one value per sequence)."""
+    block = block_forward_bytes(dims, tokens, act_bytes, quantization) + dequantized
+    head = tokens * dims.hidden * act_bytes
+    if head_tokens:
+        head += fused_head_bytes(dims, head_tokens, act_bytes, backward=False)
+    return max(block, head)
 
 
 def rollout_bytes(

@@ -2,6 +2,8 @@
 
 stackrlhf plan --model EleutherAI/gpt-neox-20b --stage ppo --quantization 8bit --lora_r 16 --gpu_memory_gb 24
 stackrlhf plan --config gpt-neox-20b/sentiment --gpu_memory_gb 24
+stackrlhf plan --config llama-2-7b/dpo --model meta-llama/Llama-2-7b-hf --gpu_memory_gb 16
+stackrlhf plan --model meta-llama/Llama-2-7b-hf --stage grpo --quantization 4bit --batch_size 8 --num_generations 8
 python -m stackrlhf.planner --model meta-llama/Llama-2-13b-hf --quantization 4bit --json
 
 `--config` plans the run a recipe config describes (`stackrlhf.planner.recipe_config`); flags given with it override

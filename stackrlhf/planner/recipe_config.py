@@ -4,16 +4,23 @@ onto `PlanSettings`.
 A recipe config uses the recipe's option names: TRL's `ModelConfig` (`model_name_or_path`, `dtype`, `load_in_8bit`,
 `load_in_4bit`, `use_bnb_nested_quant`, `use_peft`, `lora_r`, `lora_target_modules`), the PPO recipes' `PPOConfig`
 and RL-loop options (`batch_size`, `mini_batch_size`, `generation_batch_size`, `output_max_length`,
-`max_prompt_length`, `upcast_non_quantized`, ...) and the SFT and reward recipes' TRL `SFTConfig` / `RewardConfig`
-(`per_device_train_batch_size`, `max_length`, `gradient_checkpointing`, `optim`, ...). `read_recipe_config` reads
-such a YAML without importing the training stack: which recipe it belongs to is told by its keys (or by `stage`),
-options it leaves out take that recipe's defaults (`RECIPE_DEFAULTS`, the values its parser resolves, checked
-against the real parsers by the tests) and lengths take their worst case:
+`max_prompt_length`, `upcast_non_quantized`, ...), the SFT, reward and DPO recipes' TRL `SFTConfig` / `RewardConfig`
+/ `DPOConfig` (`per_device_train_batch_size`, `max_length`, `gradient_checkpointing`, `optim`, ...) and the GRPO
+recipe's TRL `GRPOConfig` with its own options (`per_device_train_batch_size`, `num_generations`,
+`max_completion_length`, `generation_batch_size` / `steps_per_generation`, `max_prompt_length`, `algorithm`,
+`reward_model`, `reward_batch_size`, ...). `read_recipe_config` reads such a YAML without importing the training
+stack: which recipe it belongs to is told by its keys (or by `stage`), options it leaves out take that recipe's
+defaults (`RECIPE_DEFAULTS`, the values its parser resolves, checked against the real parsers by the tests) and
+lengths take their worst case:
 
 - PPO responses: `output_max_length - 1` tokens (the recipes draw `output_min_length <= n < output_max_length`);
 - PPO prompts: the prompt filter, `max_prompt_length`, else the model's context less `output_max_length` (the
   sentiment recipe cuts prompts to fewer than `query_max_length` tokens; one more is kept for a BOS token);
-- SFT and reward sequences: `max_length` (each of chosen and rejected for reward), the model's context when None.
+- SFT, reward and DPO sequences: `max_length` (each of chosen and rejected for reward and DPO), the model's context
+  when None;
+- GRPO/RLOO completions: `max_completion_length` tokens; prompts: `max_prompt_length`, else (the recipe's prompt
+  filter) the model's context less `max_completion_length`. The generation batch is TRL's: `generation_batch_size`,
+  else `per_device_train_batch_size x steps_per_generation` (default: `gradient_accumulation_steps`), one process.
 
 `settings_from_arguments` maps a recipe's parsed argument dataclasses the same way (the recipes' start-up verdict,
 `stackrlhf.planner.verdict`). Options that change memory but that the planner cannot model are listed in
@@ -34,10 +41,20 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.planner.settings import PlanSettings
 
-Recipe = Literal["sft", "reward", "ppo", "sentiment"]
+Recipe = Literal["sft", "reward", "ppo", "sentiment", "dpo", "grpo"]
 
-RECIPE_STAGE: dict[str, str] = {"sft": "sft", "reward": "reward", "ppo": "ppo", "sentiment": "ppo"}
-"""The planner stage of each recipe (the sentiment quick start is a PPO run)."""
+RECIPE_STAGE: dict[str, str] = {
+    "sft": "sft",
+    "reward": "reward",
+    "ppo": "ppo",
+    "sentiment": "ppo",
+    "dpo": "dpo",
+    "grpo": "grpo",
+}
+"""The planner stage of each recipe (the sentiment quick start is a PPO run; the GRPO recipe's `algorithm` option,
+or `--stage`, makes it rloo)."""
+GROUP_ALGORITHMS = ("grpo", "rloo")
+"""The GRPO recipe's `algorithm` values, each a planner stage."""
 
 
 _MODEL_DEFAULTS: dict[str, Any] = {  # TRL's ModelConfig, as the recipes resolve it
@@ -81,6 +98,29 @@ _PPO_DEFAULTS: dict[str, Any] = {  # PPOConfig, RLLoopArguments, the recipes' ow
 }
 
 
+_DPO_DEFAULTS: dict[str, Any] = {"precompute_ref_log_probs": False}  # DPOConfig besides the trainer options
+_GROUP_DEFAULTS: dict[str, Any] = {  # GRPOConfig and the GRPO recipe's GroupRLArguments
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "gradient_checkpointing": True,
+    "activation_checkpointing": False,
+    "optim": "adamw_torch_fused",
+    "bf16": False,
+    "fp16": False,
+    "num_generations": 8,
+    "max_completion_length": 512,
+    "generation_batch_size": None,  # TRL derives both from per_device_train_batch_size and the accumulation steps
+    "steps_per_generation": None,
+    "use_vllm": False,
+    "use_transformers_continuous_batching": False,
+    "algorithm": "grpo",
+    "reward_adapter": None,
+    "reward_model": None,
+    "max_prompt_length": None,
+    "reward_batch_size": 16,
+}
+
+
 def _with_offline_config(recipe: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """`defaults` (the dataclasses' values of the options the planner reads) updated with the recipe's offline config
     (`tiny/<recipe>`), as its parser resolves them (TRL's ModelConfig reads a one-item `lora_target_modules` list as
@@ -94,6 +134,13 @@ def _with_offline_config(recipe: str, defaults: dict[str, Any]) -> dict[str, Any
     return defaults | offline
 
 
+OFFLINE_BASES = {
+    "ppo": "the offline SFT and reward stages train",
+    "dpo": "the recipe starts from the offline SFT stage's merged model, a fine-tuned",
+    "grpo": "the recipe starts from the offline SFT and reward stages, which train",
+}
+"""The recipes that run without `model_name_or_path` (on the offline stages' tiny model), and what the note says."""
+
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": _with_offline_config("sft", _MODEL_DEFAULTS | _TRAINER_DEFAULTS | {"packing": False}),
     "reward": _with_offline_config("reward", _MODEL_DEFAULTS | _TRAINER_DEFAULTS),
@@ -101,6 +148,8 @@ RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "sentiment": _with_offline_config(
         "sentiment", _MODEL_DEFAULTS | _PPO_DEFAULTS | {"query_min_length": None, "query_max_length": None}
     ),
+    "dpo": _with_offline_config("dpo", _MODEL_DEFAULTS | _TRAINER_DEFAULTS | _DPO_DEFAULTS),
+    "grpo": _with_offline_config("grpo", _MODEL_DEFAULTS | _GROUP_DEFAULTS),
 }
 """The defaults each recipe's parser resolves (dataclass defaults, then the recipe's offline config), for the
 options the planner reads. `tests/planner/test_recipe_config.py` checks them against the real parsers."""
@@ -131,6 +180,25 @@ _SFT_KEYS = frozenset(
     }
 )  # fmt: skip
 _REWARD_KEYS = frozenset({"center_rewards_coefficient", "disable_dropout"})
+_DPO_KEYS = frozenset(
+    {
+        # DPOConfig's own options (none of them in SFTConfig, RewardConfig or GRPOConfig), and beta, which GRPOConfig
+        # shares: a config with GRPO options is told apart first
+        "beta", "precompute_ref_log_probs", "precompute_ref_batch_size", "f_divergence_type",
+        "f_alpha_divergence_coef", "label_smoothing", "ld_alpha", "loss_weights", "use_weighting", "discopop_tau",
+        "sync_ref_model", "ref_model_mixup_alpha", "ref_model_sync_steps",
+    }
+)  # fmt: skip
+_GROUP_KEYS = frozenset(
+    {
+        # GRPOConfig's own options (a selection: none of them in DPOConfig or PPO's options), RLOOConfig's and the
+        # GRPO recipe's GroupRLArguments
+        "num_generations", "num_generations_eval", "max_completion_length", "steps_per_generation", "num_iterations",
+        "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "epsilon", "epsilon_high", "delta",
+        "scale_rewards", "importance_sampling_level", "reward_weights", "mask_truncated_completions", "use_vllm",
+        "vllm_mode", "log_completions", "algorithm", "normalize_advantages", "reward_clip_range",
+    }
+)  # fmt: skip
 _TRAINER_KEYS = frozenset(
     {
         "per_device_train_batch_size", "per_device_eval_batch_size", "num_train_epochs", "max_steps", "optim",
@@ -157,7 +225,7 @@ class RecipeRun:
     """A recipe run, as the planner sees it.
 
     Attributes:
-        recipe: `sft`, `reward`, `ppo` (StackLLaMA) or `sentiment`.
+        recipe: `sft`, `reward`, `ppo` (StackLLaMA), `sentiment`, `dpo` or `grpo` (GRPO or RLOO).
         settings: what to plan (worst-case lengths; `gpu_memory_gb` left at its default).
         from_config: the options the mapping read that the config (or the parsed arguments) set.
         from_defaults: the options the mapping read that took the recipe's default.
@@ -178,8 +246,8 @@ class RecipeRun:
 
     @property
     def stage(self) -> str:
-        """The planner stage of the recipe."""
-        return RECIPE_STAGE[self.recipe]
+        """The planner stage of the run (the GRPO recipe's: grpo or rloo, as its `algorithm`)."""
+        return self.settings.stage
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the settings, which the plan carries)."""
@@ -208,10 +276,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def detect_recipe(values: Mapping[str, Any], stage: str | None = None, path: str | Path | None = None) -> str:
     """Which recipe a config belongs to.
 
-    `stage` (the planner's `--stage`) decides sft and reward; ppo means the sentiment recipe when the config has
-    one of its prompt options, else the StackLLaMA PPO recipe. Without `stage`: PPO or RL-loop options mean ppo
-    (or sentiment), `SFTConfig`-only options sft, `RewardConfig`-only options or `lora_task_type: SEQ_CLS` reward,
-    and a config with only trainer options goes by its folder (`<model>/sft/config_*.yaml`) or file name (`sft_*`).
+    `stage` (the planner's `--stage`) decides sft, reward and dpo; grpo and rloo mean the GRPO recipe; ppo means the
+    sentiment recipe when the config has one of its prompt options, else the StackLLaMA PPO recipe. Without `stage`:
+    `GRPOConfig` options (`num_generations`, `max_completion_length`, ...) or `algorithm` mean grpo, PPO or RL-loop
+    options ppo (or sentiment), `DPOConfig` options (`beta`, ...) dpo, `SFTConfig`-only options sft,
+    `RewardConfig`-only options or `lora_task_type: SEQ_CLS` reward, and a config with only trainer options goes by
+    its folder (`<model>/sft/config_*.yaml`) or file name (`sft_*`).
 
     Raises:
         ConfigError: a config that could be either, or none, of the recipes: pass `--stage`.
@@ -221,23 +291,28 @@ def detect_recipe(values: Mapping[str, Any], stage: str | None = None, path: str
     if stage is not None:
         if stage == "ppo":
             return "sentiment" if is_sentiment else "ppo"
-        return stage
+        return "grpo" if stage in GROUP_ALGORITHMS else stage
     if is_sentiment:
         return "sentiment"
+    if keys & _GROUP_KEYS:
+        return "grpo"
     if keys & _PPO_KEYS:
         return "ppo"
+    if keys & _DPO_KEYS:
+        return "dpo"
     if keys & _REWARD_KEYS or str(values.get("lora_task_type", "")).upper() == "SEQ_CLS":
         return "reward"
     if keys & _SFT_KEYS:
         return "sft"
     names = (Path(path).parent.name.lower(), Path(path).name.lower()) if path is not None else ()
     for name in names:
-        for recipe in ("sft", "reward", "sentiment", "ppo"):
+        for recipe in ("sft", "reward", "sentiment", "ppo", "dpo", "grpo", "rloo"):
             if name.startswith(recipe):
-                return recipe
+                return "grpo" if recipe == "rloo" else recipe
     what = "trainer options" if keys & _TRAINER_KEYS else "no recipe-specific option"
     raise ConfigError(
-        f"config {str(path or '')!r} has {what}: cannot tell which recipe it is for; pass --stage sft, reward or ppo."
+        f"config {str(path or '')!r} has {what}: cannot tell which recipe it is for; pass --stage sft, reward, ppo, "
+        "dpo, grpo or rloo."
     )
 
 
@@ -251,7 +326,7 @@ def read_recipe_config(path: str | Path, stage: str | None = None) -> RecipeRun:
     path = resolve_config(path)
     values = load_config_file(path)
     recipe = detect_recipe(values, stage, path)
-    return map_options(recipe, values, source=str(path))
+    return map_options(recipe, values, source=str(path), algorithm=stage if stage in GROUP_ALGORITHMS else None)
 
 
 def settings_from_arguments(recipe: str, *arguments: Any) -> RecipeRun:
@@ -268,9 +343,11 @@ def settings_from_arguments(recipe: str, *arguments: Any) -> RecipeRun:
     return map_options(recipe, values, source="the parsed arguments")
 
 
-def map_options(recipe: str, values: Mapping[str, Any], *, source: str = "") -> RecipeRun:
+def map_options(
+    recipe: str, values: Mapping[str, Any], *, source: str = "", algorithm: str | None = None
+) -> RecipeRun:
     """Map option values (a config's, or parsed arguments') of `recipe` onto `PlanSettings`; options they leave
-    out take the recipe's defaults.
+    out take the recipe's defaults. `algorithm` (grpo or rloo) overrides the GRPO recipe's `algorithm` option.
 
     Raises:
         ConfigError: as `read_recipe_config`.
@@ -280,12 +357,16 @@ def map_options(recipe: str, values: Mapping[str, Any], *, source: str = "") -> 
     options = _Options(recipe, values, source)
     run = RecipeRun(recipe=recipe, settings=PlanSettings(), source=source)
     stage = RECIPE_STAGE[recipe]
+    if recipe == "grpo":
+        stage = algorithm or options.get("algorithm", str)
+        if stage not in GROUP_ALGORITHMS:
+            raise ConfigError(f"{source}: algorithm {stage!r} is not one of {', '.join(GROUP_ALGORITHMS)}.")
     model = options.get("model_name_or_path", str, optional=True)
     if model is None:
-        if recipe != "ppo":
+        if recipe not in OFFLINE_BASES:
             raise ConfigError(f"{source}: model_name_or_path is not set.")
         model = TINY_MODEL
-        run.notes.append(f"no model_name_or_path: the offline SFT and reward stages train {TINY_MODEL}")
+        run.notes.append(f"no model_name_or_path: {OFFLINE_BASES[recipe]} {TINY_MODEL}")
 
     quantization, dtype = _quantization(options, model)
     kbit = quantization in ("8bit", "4bit")
@@ -304,6 +385,15 @@ def map_options(recipe: str, values: Mapping[str, Any], *, source: str = "") -> 
             mini_batch_size=_mini_batch_size(options),
             generation_batch_size=generation_batch_size,
             **lengths,
+        )
+    elif recipe == "grpo":
+        upcast = dtype not in _SIXTEEN_BIT  # TRL's trainers keep a quantized model's other weights in `dtype`
+        gradient_checkpointing = _trainer_checkpointing(options)
+        settings = PlanSettings(
+            **_group_sizes(options, stage),
+            **_group_lengths(options, model, run.notes),
+            **_group_reward(options, run.not_planned),
+            optimizer=_optimizer(options, run.not_planned),
         )
     else:
         upcast = dtype not in _SIXTEEN_BIT  # TRL's trainers keep a quantized model's other weights in `dtype`
@@ -335,16 +425,21 @@ def map_options(recipe: str, values: Mapping[str, Any], *, source: str = "") -> 
 
 def recipe_limits(run: RecipeRun, limits: Mapping[str, int]) -> dict[str, int]:
     """A plan's limits (`MemoryPlan.limits`) in the recipe's option names: `per_device_train_batch_size` and
-    `max_length` for sft and reward; `mini_batch_size`, `generation_batch_size` and `output_max_length` (one more
-    than the longest response, which it excludes) for the PPO recipes."""
+    `max_length` for sft, reward and dpo; `mini_batch_size`, `generation_batch_size` and `output_max_length` (one
+    more than the longest response, which it excludes) for the PPO recipes; `per_device_train_batch_size`,
+    `num_generations` and `max_completion_length` for the GRPO recipe."""
     names = {
         "batch_size": "per_device_train_batch_size",
         "sequence_length": "max_length",
         "mini_batch_size": "mini_batch_size",
         "generation_batch_size": "generation_batch_size",
-        "response_length": "output_max_length",
+        "num_generations": "num_generations",
+        "response_length": "max_completion_length" if run.recipe == "grpo" else "output_max_length",
     }
-    return {names[name]: value + (name == "response_length" and value > 0) for name, value in limits.items()}
+    exclusive = RECIPE_STAGE[run.recipe] == "ppo"  # output_max_length excludes its value
+    return {
+        names[name]: value + (exclusive and name == "response_length" and value > 0) for name, value in limits.items()
+    }
 
 
 class _Options:
@@ -480,6 +575,114 @@ def _ppo_lengths(options: _Options, model: str, notes: list[str]) -> dict[str, i
     return {"query_length": prompt, "response_length": high - 1}
 
 
+def _group_sizes(options: _Options, stage: str) -> dict[str, Any]:
+    """GRPO/RLOO batches as TRL's `GRPOConfig` resolves them on one process: `per_device_train_batch_size`
+    completions per forward/backward pass, a generation batch of `generation_batch_size`, else
+    `per_device_train_batch_size x steps_per_generation` (default: `gradient_accumulation_steps`), made of whole groups
+    of `num_generations`; rejected as TRL rejects them."""
+    batch = options.get("per_device_train_batch_size", int)
+    groups = options.get("num_generations", int)
+    for name, value in (("per_device_train_batch_size", batch), ("num_generations", groups)):
+        if value < 1:
+            raise ConfigError(f"{options.source}: {name}={value} must be a positive integer.")
+    if groups < 2:
+        raise ConfigError(
+            f"{options.source}: num_generations must be at least 2 for {stage} (the advantage compares completions of "
+            f"the same prompt), got {groups}."
+        )
+    generation = options.get("generation_batch_size", int, optional=True)
+    steps = options.get("steps_per_generation", int, optional=True)
+    if generation is not None and steps is not None and generation != batch * steps:  # parsed arguments hold both
+        raise ConfigError(
+            f"{options.source}: generation_batch_size {generation} and steps_per_generation {steps} are both set and "
+            f"disagree (per_device_train_batch_size {batch} x {steps}): set one of them."
+        )
+    if generation is None:
+        if steps is None:
+            steps = options.get("gradient_accumulation_steps", int)
+        if steps < 1:
+            raise ConfigError(f"{options.source}: steps_per_generation={steps} must be a positive integer.")
+        generation, why = batch * steps, f"per_device_train_batch_size {batch} x steps_per_generation {steps}"
+    else:
+        why = f"generation_batch_size {generation}"
+        if generation < 1 or generation % batch:
+            raise ConfigError(
+                f"{options.source}: generation_batch_size {generation} must be a positive multiple of "
+                f"per_device_train_batch_size {batch}."
+            )
+    if generation % groups:
+        raise ConfigError(
+            f"{options.source}: num_generations {groups} must divide the generation batch {generation} ({why}): TRL "
+            "generates whole groups of completions per prompt."
+        )
+    return {
+        "batch_size": batch,
+        "generation_batch_size": generation,
+        "num_generations": groups,
+        "reward_batch_size": options.get("reward_batch_size", int),
+    }
+
+
+def _group_lengths(options: _Options, model: str, notes: list[str]) -> dict[str, int]:
+    """Worst-case prompt and completion tokens of a GRPO/RLOO run: `max_completion_length`, and prompts up to
+    `max_prompt_length`, else up to the model's context less `max_completion_length` (the recipe's prompt filter);
+    both checked against the model's context when its config can be read (it must be, without `max_prompt_length`)."""
+    from stackrlhf.planner.records import model_record
+
+    completion = options.get("max_completion_length", int, optional=True)
+    if completion is None or completion < 1:
+        raise ConfigError(f"{options.source}: max_completion_length must be a positive integer, got {completion}.")
+    prompt = options.get("max_prompt_length", int, optional=True)
+    if prompt is not None and prompt < 1:
+        raise ConfigError(f"{options.source}: max_prompt_length must be at least 1, got {prompt}.")
+    try:
+        context = model_record(model).context_length
+    except ConfigError:
+        if prompt is None:
+            raise
+        context = None  # a model yet to be built (the merged SFT model): the recipe checks its context
+    room = None if context is None else context - completion
+    if room is not None and room < (prompt or 1):
+        what = (
+            f"max_prompt_length {prompt} + max_completion_length {completion} exceed"
+            if prompt
+            else f"max_completion_length {completion} leaves no room for a prompt in"
+        )
+        raise ConfigError(f"{options.source}: {what} {model}'s {context}-token context.")
+    if prompt is not None:
+        why = f"max_prompt_length {prompt}"
+    elif room is None:
+        raise ConfigError(
+            f"{options.source}: max_prompt_length is unset and the config of {model} gives no context length: set "
+            "max_prompt_length."
+        )
+    else:
+        prompt, why = room, f"the prompt filter: {model}'s {context}-token context less max_completion_length"
+    notes.append(f"prompts up to {prompt} tokens ({why})")
+    notes.append(f"completions up to {completion} tokens (max_completion_length)")
+    return {"query_length": prompt, "response_length": completion}
+
+
+def _group_reward(options: _Options, not_planned: list[str]) -> dict[str, Any]:
+    """The GRPO recipe's reward: the reward adapter on the policy's base (`reward_adapter`, or the offline reward
+    stage's), or a separate `reward_model` when the planner can read its config (else listed in `not_planned`)."""
+    options.get("reward_adapter", str, optional=True)
+    reward_model = options.get("reward_model", str, optional=True)
+    if reward_model is None:
+        return {"reward_model": None}
+    from stackrlhf.planner.records import model_record
+
+    try:
+        model_record(reward_model)
+    except ConfigError:
+        not_planned.append(
+            f"reward_model={reward_model} (a separate reward model whose config cannot be read here: its weights and "
+            "forward pass are not counted)"
+        )
+        return {"reward_model": None}
+    return {"reward_model": reward_model}
+
+
 def _trainer_length(options: _Options, model: str, stage: str, notes: list[str]) -> int:
     """Tokens per sequence of an SFT or reward run: `max_length`, or the model's context when it is None."""
     length = options.get("max_length", int, optional=True)
@@ -537,6 +740,23 @@ def _not_planned(options: _Options, stage: str, quantization: str) -> list[str]:
             ),
         ]
     else:
+        if stage == "dpo":
+            checks.append(
+                (
+                    "precompute_ref_log_probs",
+                    bool(values.get("precompute_ref_log_probs")),
+                    "reference log-probs computed before training: the plan still runs the reference in each step",
+                )
+            )
+        elif stage in GROUP_ALGORITHMS:
+            checks += [
+                ("use_vllm", bool(values.get("use_vllm")), "vLLM generates with its own engine and memory"),
+                (
+                    "use_transformers_continuous_batching",
+                    bool(values.get("use_transformers_continuous_batching")),
+                    "a paged KV cache: the plan keeps generate's",
+                ),
+            ]
         eval_batch, train_batch = values.get("per_device_eval_batch_size"), values.get("per_device_train_batch_size")
         bigger_eval = isinstance(eval_batch, int) and isinstance(train_batch, int) and eval_batch > train_batch
         autocast = quantization == "none" and (values.get("bf16") or values.get("fp16"))

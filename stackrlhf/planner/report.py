@@ -8,6 +8,7 @@ from typing import Any
 
 from stackrlhf.planner.estimate import COMPONENT_HELP, GIB, MemoryPlan
 from stackrlhf.planner.recipe_config import RecipeRun, recipe_limits, show_value
+from stackrlhf.planner.settings import GROUP_STAGES, PlanSettings
 
 
 def gib(num_bytes: int) -> str:
@@ -16,18 +17,16 @@ def gib(num_bytes: int) -> str:
 
 
 def format_plan(plan: MemoryPlan) -> str:
-    """A text table: settings, GiB per component, phases, peak, a verdict per card and the limits (`+`: everything up
-    to the search's bound fits; `none`: not even 1 fits)."""
+    """A text table: settings, GiB per component, phases, peak, a verdict per card (after a line repeating the sizes
+    and precision it holds for) and the limits (`+`: everything up to the search's bound fits; `none`: not even 1
+    fits)."""
     s = plan.settings
-    weights = s.quantization + (" + double quant" if s.double_quant else "")
-    if s.quantization in ("8bit", "4bit") and not s.upcast_non_quantized:
-        weights += " (non-quantized weights kept 16-bit)"
     lines = [
         f"model {s.model}: {plan.params_total:,} parameters ({plan.trainable_params:,} trainable)",
-        f"stage {s.stage}, design {s.design if s.stage == 'ppo' else '-'}, weights {weights}, "
+        f"stage {s.stage}, design {s.design if s.stage == 'ppo' else '-'}, weights {weights_text(plan)}, "
         f"LoRA r={s.lora_r}, optimizer {s.optimizer}, "
         f"gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}",
-        _sizes_line(plan),
+        sizes_text(s),
         "",
         f"{'component':<24} {'GiB':>8}  what",
     ]
@@ -41,6 +40,7 @@ def format_plan(plan: MemoryPlan) -> str:
         f"{'peak allocated':<24} {gib(plan.peak_allocated_bytes):>8}  persistent + largest phase",
         f"{'peak':<24} {gib(plan.peak_bytes):>8}  + allocator slack + CUDA context",
         "",
+        f"verdict for {sizes_text(s)}; {precision_text(plan)}:",
         "fits: " + ", ".join(f"{gb} GB {'yes' if fits else 'no'}" for gb, fits in plan.verdicts.items()),
     ]
     if plan.limits:
@@ -64,6 +64,14 @@ LIMIT_HELP = {
     },
     "sft": {"batch_size": "sequences per step", "sequence_length": "tokens per sequence"},
     "reward": {"batch_size": "pairs (chosen + rejected) per step", "sequence_length": "tokens per sequence"},
+    "dpo": {"batch_size": "pairs (chosen + rejected) per step", "sequence_length": "tokens per sequence"},
+} | {
+    stage: {
+        "batch_size": "completions per forward/backward pass (generation batch: steps_per_generation times it)",
+        "num_generations": "completions per prompt, prompts per generation as above (the batches grow with it)",
+        "response_length": "completion tokens per sequence",
+    }
+    for stage in GROUP_STAGES
 }
 """What each limit (`MemoryPlan.limits`) counts, per stage."""
 
@@ -97,16 +105,45 @@ def plan_json(plan: MemoryPlan, run: RecipeRun | None = None, overrides: dict[st
     return json.dumps(values)
 
 
-def _sizes_line(plan: MemoryPlan) -> str:
+def sizes_text(s: PlanSettings) -> str:
+    """The batches and lengths a plan of `s` is for, in words."""
+    if s.stage == "ppo":
+        generation = min(s.generation_batch_size or s.batch_size, s.batch_size)
+        return (
+            f"batch {s.batch_size}, mini batch {min(s.mini_batch_size, s.batch_size)}, generation batch {generation}, "
+            f"{s.query_length} query + {s.response_length} response tokens"
+        )
+    if s.stage in GROUP_STAGES:
+        generation = s.group_generation_batch
+        prompts = generation // s.num_generations
+        return (
+            f"batch {s.batch_size} completions, generation batch {generation} ({prompts} prompt{'s' * (prompts != 1)} "
+            f"x {s.num_generations} generations), reward batch {min(s.reward_batch_size, generation)}, "
+            f"{s.query_length} prompt + {s.response_length} completion tokens"
+        )
+    if s.stage == "sft":
+        return f"batch {s.batch_size} sequences of {s.sequence_length} tokens"
+    return f"batch {s.batch_size} pairs (chosen + rejected) of {s.sequence_length} tokens each"
+
+
+def precision_text(plan: MemoryPlan) -> str:
+    """The weights' and activations' precision, short."""
     s = plan.settings
-    if s.stage != "ppo":
-        unit = "pairs" if s.stage == "reward" else "sequences"
-        return f"batch {s.batch_size} {unit} of {s.sequence_length} tokens"
-    generation = min(s.generation_batch_size or s.batch_size, s.batch_size)
-    return (
-        f"batch {s.batch_size}, mini batch {min(s.mini_batch_size, s.batch_size)}, generation batch {generation}, "
-        f"{s.query_length} query + {s.response_length} response tokens"
-    )
+    if s.quantization in ("8bit", "4bit"):
+        double = " + double quant" if s.double_quant else ""
+        return f"{s.quantization}{double} weights, {plan.activation_precision} activations"
+    return f"{'float32' if s.quantization == 'none' else s.quantization} weights and activations"
+
+
+def weights_text(plan: MemoryPlan) -> str:
+    """The weights' precision and that of the activations, in words."""
+    s = plan.settings
+    text = s.quantization + (" + double quant" if s.double_quant else "")
+    if s.quantization in ("8bit", "4bit"):
+        text += f" (non-quantized weights and activations {plan.activation_precision})"
+    elif s.quantization == "none":
+        text += " (float32)"
+    return text
 
 
 def _limit(plan: MemoryPlan, name: str) -> str:

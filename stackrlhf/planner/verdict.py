@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 from stackrlhf.planner.recipe_config import RecipeRun, recipe_limits, settings_from_arguments
+from stackrlhf.planner.settings import GROUP_STAGES, PlanSettings
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,31 @@ def _lowerings(run: RecipeRun, settings: Any, limits: dict[str, int]) -> list[st
             per_step = settings.batch_size // max(int(options.get("gradient_accumulation_steps") or 1), 1)
             limit = max(size for size in range(1, limit + 1) if per_step % size == 0)
         text = f"{name} to {limit}"
+        if run.stage in GROUP_STAGES and name in ("per_device_train_batch_size", "num_generations"):
+            valid = _group_lowering(settings, name, limit)
+            if valid is None:
+                continue
+            text = valid
         if name == "output_max_length" and limit <= int(options.get("output_min_length") or 0):
             text += " (and output_min_length below it)"
         lower.append(text)
     return lower
+
+
+def _group_lowering(settings: PlanSettings, name: str, limit: int) -> str | None:
+    """GRPO/RLOO: the largest value up to `limit` that TRL accepts, as advice (None: none does). The generation batch
+    keeps its `steps_per_generation` and must hold whole groups; a smaller group (`num_generations`, at least 2)
+    keeps the prompts per generation, so the per-device batch shrinks with it, and the advice names both."""
+    generation = settings.group_generation_batch
+    steps = max(1, generation // settings.batch_size)
+    if name == "per_device_train_batch_size":
+        valid = [size for size in range(1, limit + 1) if size * steps % settings.num_generations == 0]
+        return f"{name} to {valid[-1]}" if valid else None
+    prompts = max(1, generation // settings.num_generations)
+    valid = [size for size in range(2, limit + 1) if prompts * size % steps == 0]
+    if not valid:
+        return None
+    return f"num_generations to {valid[-1]} (with per_device_train_batch_size {prompts * valid[-1] // steps})"
 
 
 def _switches(run: RecipeRun, settings: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -139,5 +161,11 @@ def _current_values(run: RecipeRun, settings: Any) -> dict[str, int]:
             "mini_batch_size": min(settings.mini_batch_size, batch),
             "generation_batch_size": min(settings.generation_batch_size or batch, batch),
             "output_max_length": settings.response_length + 1,
+        }
+    if run.stage in GROUP_STAGES:
+        return {
+            "per_device_train_batch_size": settings.batch_size,
+            "num_generations": settings.num_generations,
+            "max_completion_length": settings.response_length,
         }
     return {"per_device_train_batch_size": settings.batch_size, "max_length": settings.sequence_length}

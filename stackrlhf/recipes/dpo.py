@@ -24,14 +24,21 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import torch
 from trl import DPOConfig, DPOTrainer, ModelConfig
 
 from stackrlhf.data import DataArguments, to_dpo_dataset
 from stackrlhf.errors import ConfigError
 from stackrlhf.models.loading import check_model_config, check_model_path, read_adapter
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
-from stackrlhf.recipes.setup import prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.recipes.setup import (
+    label_progress,
+    prefer_reentrant_checkpointing,
+    prepare_training,
+    save_trained_model,
+)
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.recipes.validation import check_trainer_checkpoint
 from stackrlhf.trainer.reporting import save_figure, write_summary
@@ -79,7 +86,8 @@ def train_dpo(data_args: DataArguments, training_args: DPOConfig, model_args: Mo
 
     Returns:
         The summary written to `stackrlhf_summary.json`: base model, reference, the pairs trained on, evaluated
-        and dropped (their prompt alone fills `--max_length`) and, on the held-out pairs, the DPO loss and the
+        and dropped (their prompt alone fills `--max_length`), the optimizer steps and the pairs they saw, the
+        seconds `trainer.train` took and the torch threads it used and, on the held-out pairs, the DPO loss and the
         implicit rewards' accuracy, margin and chosen/rejected means (None when no held-out pair is left).
 
     Raises:
@@ -109,9 +117,11 @@ def train_dpo(data_args: DataArguments, training_args: DPOConfig, model_args: Mo
             f"no training pair fits --max_length {training_args.max_length}: every prompt alone fills it, so no "
             "answer token is left to train on; raise --max_length."
         )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    label_progress(trainer, "DPO")
+    trained = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    pairs_per_step = trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
     metrics = trainer.evaluate() if eval_rows else {}
-    trainer.save_model(training_args.output_dir)
+    save_trained_model(trainer, training_args.output_dir)
 
     summary |= {
         "base_model": model_args.model_name_or_path,
@@ -121,6 +131,10 @@ def train_dpo(data_args: DataArguments, training_args: DPOConfig, model_args: Mo
         "train_rows": train_rows,
         "eval_rows": eval_rows,
         "dropped_rows": len(train_pairs) + len(eval_pairs) - train_rows - eval_rows,
+        "steps": trainer.state.global_step,
+        "pairs_seen": trainer.state.global_step * pairs_per_step,
+        "train_seconds": trained.metrics["train_runtime"],
+        "torch_threads": torch.get_num_threads(),
         "eval_loss": metrics.get("eval_loss"),
         "eval_reward_accuracy": metrics.get("eval_rewards/accuracies"),
         "eval_reward_margin": metrics.get("eval_rewards/margins"),
@@ -167,6 +181,7 @@ def plot_log_history(log_history: list[dict[str, Any]], path: Path) -> Path | No
 
 def main(data_args: DataArguments, training_args: DPOConfig, model_args: ModelConfig) -> dict[str, Any]:
     """Entry point of `recipes/dpo_stackllama.py` and `stackrlhf dpo`."""
+    report_memory_plan("dpo", training_args, model_args)  # on a CUDA machine: will it fit? one line, never fails
     summary = train_dpo(data_args, training_args, model_args)
     held_out = (
         f"held-out reward accuracy {summary['eval_reward_accuracy']:.3f} on {summary['eval_rows']} pairs (margin "

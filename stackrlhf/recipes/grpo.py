@@ -53,8 +53,10 @@ from stackrlhf.models.loading import (
     skeleton_model,
 )
 from stackrlhf.outputs import writing
+from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
+from stackrlhf.recipes.setup import label_progress, save_trained_model
 from stackrlhf.recipes.stages import offline_stages
 from stackrlhf.recipes.validation import check_trainer_checkpoint
 from stackrlhf.rewards.build import build_reward, check_base_and_reward, check_reward_source
@@ -387,7 +389,7 @@ def train_group_rl(
     room = rl_args.max_prompt_length or room
     prompts = prompts_within(to_prompt_dataset(train_pairs)["query"], tokenizer, room)
     if not prompts:
-        raise ConfigError(f"{data_args.dataset_path}: no training prompt of at most {room} tokens.")
+        raise ConfigError(f"{data_args.dataset_name}: no training prompt of at most {room} tokens.")
     sample_queries = prompts_within(to_prompt_dataset(eval_pairs)["query"], tokenizer, room)
     sample_queries = sample_queries[: rl_args.num_sample_prompts]
 
@@ -418,10 +420,12 @@ def train_group_rl(
         "quantization": "8bit" if model_args.load_in_8bit else "4bit" if model_args.load_in_4bit else model_args.dtype,
         "prompts": len(prompts),
         "num_generations": args.num_generations,
+        "torch_threads": torch.get_num_threads(),
     }
 
     main = trainer.accelerator.is_main_process
     samples = {"before": generate_samples(policy, tokenizer, sample_queries, reward.fn, rl_args.sample_max_new_tokens)}
+    label_progress(trainer, rl_args.algorithm.upper())
     trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
     samples["after"] = generate_samples(policy, tokenizer, sample_queries, reward.fn, rl_args.sample_max_new_tokens)
     if not main:
@@ -430,7 +434,7 @@ def train_group_rl(
     if isinstance(policy, PeftModel):
         policy.save_pretrained(output_dir, selected_adapters=[policy.active_adapter])  # not the reward adapter
     else:
-        trainer.save_model(str(output_dir))
+        save_trained_model(trainer, str(output_dir))
     tokenizer.save_pretrained(output_dir)
     write_samples(output_dir, samples)
     records = read_stats(output_dir / STATS_FILE)
@@ -454,6 +458,7 @@ def main(
     data_args: DataArguments, train_args: GRPOConfig, model_args: ModelConfig, rl_args: GroupRLArguments
 ) -> dict[str, Any]:
     """Entry point of `recipes/grpo_stackllama.py` and `stackrlhf grpo`."""
+    report_memory_plan("grpo", train_args, model_args, rl_args)  # on a CUDA machine: will it fit? one line
     result = train_group_rl(data_args, train_args, model_args, rl_args)
     if result:
         print(

@@ -180,7 +180,7 @@ def train_ppo(
     model = load_policy(model_args, base_args.reward_adapter, upcast_non_quantized=base_args.upcast_non_quantized)
     train_pairs, eval_pairs = load_splits(data_args)
     room = prompt_budget(model.pretrained_model.config, tokenizer, loop_args)
-    prompts = tokenize_prompts(to_prompt_dataset(train_pairs)["query"], tokenizer, room, data_args.dataset_path)
+    prompts = tokenize_prompts(to_prompt_dataset(train_pairs)["query"], tokenizer, room, data_args.dataset_name)
 
     reward = build_reward(
         model,

@@ -23,7 +23,13 @@ from stackrlhf.metrics import PAIRWISE_ACCURACY
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
-from stackrlhf.recipes.setup import check_trainer_run, prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.recipes.setup import (
+    check_trainer_run,
+    label_progress,
+    prefer_reentrant_checkpointing,
+    prepare_training,
+    save_trained_model,
+)
 from stackrlhf.rewards.scorers import RewardScorer
 from stackrlhf.trainer.reporting import write_summary
 
@@ -70,8 +76,9 @@ def train_reward_model(data_args: DataArguments, training_args: RewardConfig, mo
         processing_class=tokenizer,
         peft_config=setup.peft_config,
     )
+    label_progress(trainer, "reward")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    save_trained_model(trainer, training_args.output_dir)
 
     metrics = {"accuracy": None, "mean_margin": None}
     if len(eval_pairs):

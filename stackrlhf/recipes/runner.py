@@ -21,8 +21,8 @@ from trl import TrlParser
 
 from stackrlhf.configs import offline_config, read_config, resolve_config
 from stackrlhf.errors import ConfigError, StackRLHFError, one_line
-from stackrlhf.launch import check_launch
-from stackrlhf.outputs import guard_run_outputs
+from stackrlhf.launch import check_launch, cpu_deepspeed_backend
+from stackrlhf.outputs import guard_run_outputs, share_run_outputs
 from stackrlhf.recipes.validation import validate_arguments, validate_options
 from stackrlhf.trainer.ppo_config import set_default_logging_dir
 
@@ -48,6 +48,14 @@ class RunArguments:
             "such a directory is refused unless the run resumes with --resume_from_checkpoint."
         },
     )
+    torch_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch's intra-op CPU threads (torch.set_num_threads). Default: torch's own, one per core. The "
+            "tiny offline configs of DPO and GRPO set 1: a 260K-parameter model's operations are too small to split, "
+            "and threads that share their cores with other jobs wait for each other."
+        },
+    )
     verbose: bool = field(
         default=False,
         metadata={
@@ -55,6 +63,48 @@ class RunArguments:
             "lists them); STACKRLHF_VERBOSE=1 does the same."
         },
     )
+
+
+OPTION_ALIASES = {
+    "gradient_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing_kwargs": "activation_checkpointing_kwargs",
+}
+"""Old option names kept as spellings of the new ones (transformers 5.24 renamed these; TRL's configs and StackLLaMA's
+scripts still say the old names, which warn when they reach `TrainingArguments`): on the command line, in a
+`--config` file and in a recipe's defaults, the old name sets the new option."""
+
+
+def canonical_options(parser: TrlParser, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (option name -> value) with the old names `parser` aliases (see `_alias_options`) made new."""
+    aliases = getattr(parser, "aliases", {})
+    return {aliases.get(key, key): value for key, value in values.items()}
+
+
+class RecipeParser(TrlParser):
+    """A `TrlParser` whose defaults and `--config` files may also use the old names of `OPTION_ALIASES`."""
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        super().set_defaults(**canonical_options(self, kwargs))
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        return super().set_defaults_with_config(**canonical_options(self, kwargs))
+
+
+def _alias_options(parser: TrlParser) -> None:
+    """Make each old option of `OPTION_ALIASES` (both in `parser`) set the new one, defaulting to the new one's
+    default or else the old one's (TRL's `gradient_checkpointing=True`), so `TrainingArguments` sees only the new."""
+    dests = {action.dest for action in parser._actions}
+    aliases = {old: new for old, new in OPTION_ALIASES.items() if {old, new} <= dests}
+    for old, new in aliases.items():
+        main = {action.dest: action for action in parser._actions if f"--{action.dest}" in action.option_strings}
+        default = main[new].default if main[new].default is not None else main[old].default
+        for action in parser._actions:
+            if action.dest == old:
+                action.dest = new
+                action.help = f"The old name of --{new} (transformers 5.24 renamed it); sets --{new}."
+        parser.set_defaults(**{new: default})
+        parser._defaults[old] = None  # the dataclass field still exists: unset, it leaves the new name in charge
+    parser.aliases = aliases  # read by canonical_options
 
 
 def recipe_parser(
@@ -67,7 +117,7 @@ def recipe_parser(
     prog: str | None = None,
     help_overrides: dict[str, str] | None = None,
     check: Callable[..., None] | None = None,
-) -> TrlParser:
+) -> RecipeParser:
     """Build a recipe's parser, standalone or as `stackrlhf <name>`: its dataclasses plus `RunArguments`.
 
     `defaults` names the config (by default `tiny/<name>` when it exists) whose values replace the dataclass
@@ -80,17 +130,33 @@ def recipe_parser(
     if subparsers is not None:
         parser = subparsers.add_parser(name, help=help_text, description=help_text, dataclass_types=types)
     else:
-        parser = TrlParser(types, prog=prog, description=help_text)
+        parser = RecipeParser(types, prog=prog, description=help_text)
+    _alias_options(parser)
     values = read_config(defaults or offline_config(name)) if defaults or _has_offline_config(name) else {}
+    values = canonical_options(parser, values)
     unknown = set(values) - {action.dest for action in parser._actions}
     if unknown:
         raise ConfigError(f"recipe {name}: its defaults set unknown options {sorted(unknown)}")
     parser.set_defaults(**values)
+    parser.set_defaults(**_device_defaults({action.dest for action in parser._actions}))
     for action in parser._actions:
         if help_overrides and action.dest in help_overrides:
             action.help = help_overrides[action.dest]
     parser.recipe_check = check
     return parser
+
+
+def _device_defaults(options: set[str]) -> dict[str, Any]:
+    """Defaults of TRL trainers' options that depend on this machine: no pinned memory without a GPU (torch warns
+    that it cannot pin), gloo for DeepSpeed's processes on a CPU (`stackrlhf.launch.cpu_deepspeed_backend`)."""
+    import torch  # here: the light commands build no recipe parser
+
+    defaults: dict[str, Any] = {}
+    if "dataloader_pin_memory" in options and not torch.cuda.is_available():
+        defaults["dataloader_pin_memory"] = False
+    if "ddp_backend" in options and cpu_deepspeed_backend():
+        defaults["ddp_backend"] = cpu_deepspeed_backend()
+    return defaults
 
 
 def _has_offline_config(name: str) -> bool:
@@ -118,7 +184,7 @@ def parse_config(parser: TrlParser, config: str | None = None, **overrides: Any)
     Raises:
         ConfigError: as `parse_args`, or an override that names no option of the recipe.
     """
-    values = (read_config(config) if config else {}) | overrides
+    values = canonical_options(parser, (read_config(config) if config else {}) | overrides)
     unknown = set(values) - {action.dest for action in parser._actions}
     if unknown:
         raise ConfigError(f"{parser.prog}: unknown options {sorted(unknown)}")
@@ -135,7 +201,7 @@ def _parse(parser: TrlParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
         if at == len(argv):
             raise ConfigError("--config needs a value: a YAML file or a shipped config's short name.")
         config_path = argv[at] = str(resolve_config(argv[at]))  # a short name becomes the shipped file's path
-        config = read_config(config_path)  # a missing, unreadable or malformed file is one clear line before TRL
+        config = canonical_options(parser, read_config(config_path))  # a bad file is one clear line before TRL
         command_line = argv[: at - 1] + argv[at + 1 :]
     parser.exit_on_error = False  # a bad flag or value is a ConfigError, not argparse's usage text and exit
     validate_options(parser, command_line, config, config_path)
@@ -146,9 +212,28 @@ def _parse(parser: TrlParser, argv: Sequence[str] | None) -> tuple[Any, ...]:
     except yaml.YAMLError as err:
         raise ConfigError(f"config file is not valid YAML: {one_line(err)}") from err
     except (ValueError, TypeError) as err:
-        raise ConfigError(one_line(err)) from err
+        requested = vars(parser.parse_known_args(command_line)[0])
+        if not (requested.get("dry_run") and "bf16/gpu" in str(err)):
+            raise ConfigError(one_line(err)) from err
+        arguments = _parse_bf16_without_gpu(parser, argv, requested)
     validate_arguments(arguments[:-1], getattr(parser, "recipe_check", None))
     set_default_logging_dir(arguments[:-1])
+    return arguments
+
+
+GPU_PRECISION = ("bf16", "bf16_full_eval")
+"""TrainingArguments options that refuse to parse on a machine without a bf16-capable GPU."""
+
+
+def _parse_bf16_without_gpu(parser: TrlParser, argv: list[str], requested: dict[str, Any]) -> tuple[Any, ...]:
+    """`--dry_run` of a bf16 config (the shipped 7B ones) on a machine without a GPU: `TrainingArguments` refuses
+    bf16 there, so parse with it off, then put back the values given. The real run checks them where it runs."""
+    given = [name for name in GPU_PRECISION if requested.get(name)]
+    arguments = parser.parse_args_and_config([*argv, *(item for name in given for item in (f"--{name}", "false"))])
+    for arguments_of in arguments:
+        for name in given:
+            if hasattr(arguments_of, name):
+                setattr(arguments_of, name, True)
     return arguments
 
 
@@ -162,11 +247,16 @@ def run_recipe(parser: TrlParser, main: Callable[..., Any], argv: Sequence[str] 
     try:
         *arguments, run_args = _parse(parser, argv)
         if run_args.dry_run:
-            print(dump_config(*arguments))
+            print(dump_config(*arguments, run_args))
         else:
+            if run_args.torch_threads:
+                import torch
+
+                torch.set_num_threads(run_args.torch_threads)
             check_launch()  # a launch whose processes do not form one group stops before writing anything
             guard_run_outputs(arguments, overwrite=run_args.overwrite_output_dir)
             main(*arguments)
+            share_run_outputs(arguments)
     except StackRLHFError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,16 +1,18 @@
-"""What the SFT and reward recipes do before handing over to their TRL trainer: check the settings, load data,
-tokenizer and model cheapest first, and pick the checkpointing flavour a quantized base needs."""
+"""What the recipes on TRL trainers share: before the trainer, check the settings, load data, tokenizer and model
+cheapest first, and pick the checkpointing flavour a quantized base needs; after it, save the model without pickle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProgressCallback
 from trl import ModelConfig
 
+from stackrlhf.atomic import write_text_atomically
 from stackrlhf.data import DataArguments, load_splits
 from stackrlhf.models.loading import (
     ModelTask,
@@ -93,3 +95,40 @@ def check_trainer_run(training_args: Any, model_args: ModelConfig, what: str) ->
         micro_batch_size=training_args.per_device_train_batch_size,
         what=what,
     )
+
+
+def save_trained_model(trainer: Any, output_dir: str) -> None:
+    """`trainer.save_model(output_dir)`, with the training arguments in `training_args.json` instead of the pickled
+    `training_args.bin` transformers writes: nothing a finished run leaves in `output_dir` needs pickle to read.
+    (The TRL trainers' `checkpoint-*` directories keep transformers' own format, which resuming reads.)"""
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        (Path(output_dir) / "training_args.bin").unlink(missing_ok=True)
+        write_text_atomically(Path(output_dir) / "training_args.json", trainer.args.to_json_string())
+
+
+class LabelledProgressCallback(ProgressCallback):
+    """transformers' progress bars, labelled: the training bar with the stage (``"SFT"``, ``"reward"``, ...), the
+    evaluation bar with the stage and ``"evaluation"``."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description(self.label)
+
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        starting = self.prediction_bar is None
+        super().on_prediction_step(args, state, control, **kwargs)
+        if starting and self.prediction_bar is not None:
+            self.prediction_bar.set_description(f"{self.label} evaluation")
+
+
+def label_progress(trainer: Any, label: str) -> None:
+    """Give a TRL trainer labelled progress bars (`LabelledProgressCallback`), when it shows progress bars at all."""
+    if any(type(callback) is ProgressCallback for callback in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(LabelledProgressCallback(label))

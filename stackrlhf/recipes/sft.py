@@ -21,7 +21,13 @@ from stackrlhf.errors import ConfigError
 from stackrlhf.planner.verdict import report_memory_plan
 from stackrlhf.recipes import RECIPE_HELP
 from stackrlhf.recipes.runner import recipe_parser, run_recipe
-from stackrlhf.recipes.setup import check_trainer_run, prefer_reentrant_checkpointing, prepare_training
+from stackrlhf.recipes.setup import (
+    check_trainer_run,
+    label_progress,
+    prefer_reentrant_checkpointing,
+    prepare_training,
+    save_trained_model,
+)
 from stackrlhf.trainer.reporting import write_summary
 
 
@@ -61,9 +67,10 @@ def train_sft(data_args: DataArguments, training_args: SFTConfig, model_args: Mo
         processing_class=setup.tokenizer,
         peft_config=setup.peft_config,
     )
+    label_progress(trainer, "SFT")
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     eval_loss = trainer.evaluate()["eval_loss"] if len(eval_pairs) else None
-    trainer.save_model(training_args.output_dir)
+    save_trained_model(trainer, training_args.output_dir)
 
     summary = {
         "stage": "sft",

@@ -9,7 +9,7 @@ in range), `validate_arguments` after; the runner calls both for real runs and `
 * ranges: `RANGES`, by option name, for whichever dataclass has the option;
 * combinations: the recipe's own check (`recipe_parser(check=...)`), which may read files but loads no model;
 * output directories and the stackrlhf cache (`cache_root`): a path that is a file, lies under a file or cannot be
-  written; a local `dataset_path` that does not exist.
+  written; a local `dataset_name` that does not exist, or one file given a `dataset_config`.
 
 Every problem is a `ConfigError` naming the option, its value and, for a config file's value, the file.
 """
@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stackrlhf.data.arguments import DataArguments, check_dataset_path
+from stackrlhf.data.arguments import DataArguments, check_dataset_name
 from stackrlhf.errors import ConfigError, one_line
 from stackrlhf.models.bundled import cache_root
 
@@ -77,6 +77,7 @@ RANGES: dict[str, Range] = {
     "num_heldout_prompts": _at_least(0),
     "num_sample_prompts": _at_least(0),
     "sample_max_new_tokens": _at_least(1),
+    "torch_threads": _at_least(1),
     "min_prompt_chars": _at_least(0),
     "query_min_length": _at_least(1),
     "gamma": _PROBABILITY,
@@ -158,15 +159,15 @@ def validate_arguments(arguments: Sequence[Any], check: Callable[..., None] | No
 
     Raises:
         ConfigError: an output directory that is a file, lies under a file or cannot be written; a cache that is
-            a file; or what `check` rejects.
-        DataError: a local `dataset_path` that does not exist.
+            a file; a `dataset_config` or `dataset_data_dir` for a single data file; or what `check` rejects.
+        DataError: a local `dataset_name` that does not exist.
     """
     for arguments_of in arguments:
         for name in OUTPUT_DIRS:
             if getattr(arguments_of, name, None):
                 check_output_dir(getattr(arguments_of, name), name)
         if isinstance(arguments_of, DataArguments):
-            check_dataset_path(arguments_of)
+            check_dataset_name(arguments_of)
     cache_root()  # raises when $STACKRLHF_CACHE (or the default cache directory) is a file or lies under one
     if check is not None:
         check(*arguments)

@@ -264,7 +264,7 @@ def save_ppo_checkpoint(
     }
 
     def write(directory: Path) -> None:
-        save_policy_safetensors(model, directory / "policy")
+        model.save_pretrained(directory / "policy")  # safetensors only: adapter + value head, or the whole model
         trainer.tokenizer.save_pretrained(directory / "policy")
         save_file(
             {name: param.detach().cpu().clone() for name, param in trainable.items()},
@@ -290,18 +290,6 @@ def save_ppo_checkpoint(
                 rotate_checkpoints(output_dir, save_total_limit, newest_step=step)
     accelerator.wait_for_everyone()
     return path
-
-
-def save_policy_safetensors(model: Any, directory: Path) -> None:
-    """Save a value-head policy loadable by `from_pretrained`, in safetensors only: a peft policy's adapter as peft
-    writes it and its value head in `model.safetensors` beside it (read before `pytorch_model.bin`); a plain policy
-    as transformers writes it, value head included."""
-    if not model.is_peft_model:
-        model.save_pretrained(directory)
-        return
-    model.pretrained_model.save_pretrained(directory)
-    value_head = {key: tensor.detach().cpu().clone() for key, tensor in model.state_dict().items()}  # not a view
-    save_file(value_head, str(directory / "model.safetensors"))
 
 
 def load_ppo_checkpoint(

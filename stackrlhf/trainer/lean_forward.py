@@ -1,6 +1,6 @@
 """What the PPO step's forward passes keep alive, and how to keep less with the same numbers.
 
-Two tools for `PPOTrainer.batched_forward_pass`:
+Tools for `PPOTrainer`'s forward passes and rollouts:
 
 - `token_logprobs_and_entropy`: log π(a_t|s_t) of the taken tokens (and the policy entropy) from the last hidden
   states, applying the language-model head a chunk of tokens at a time. TRL 0.11.4 took the whole
@@ -8,6 +8,7 @@ Two tools for `PPOTrainer.batched_forward_pass`:
   vocabulary that is 0.2 MB per token and copy. Here at most `CHUNK_ELEMENTS` logits exist at once; with gradients
   each chunk is checkpointed, so the backward pass recomputes its logits instead of keeping them. The arithmetic
   per token is the same (head, float32 upcast, log-softmax, gather), so the results equal 0.11.4's to rounding.
+- `eval_mode`: a module in eval mode for a block, each submodule's mode restored after it.
 - `checkpointed_eval_forward`: activation checkpointing in the training forward passes. 0.11.4 runs them in eval
   mode (no dropout), and transformers only checkpoints layers in training mode, so requesting gradient
   checkpointing saved nothing in the PPO step. Within this context the model stays in eval mode while each
@@ -35,10 +36,11 @@ CHUNK_ELEMENTS = 2**22
 
 
 @contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
+def eval_mode(module: nn.Module) -> Iterator[None]:
     """`module` and its children in eval mode, each restored on exit. A checkpoint's recomputation runs in the
     backward pass, after `PPOTrainer.train_minibatch` has put the model in training mode: this keeps it
-    identical to the forward pass."""
+    identical to the forward pass. `PPOTrainer.generate` samples in it too, so that rollouts come from the policy
+    whose log-probs the eval-mode forward passes compute."""
     modes = [(child, child.training) for child in module.modules()]
     module.eval()
     try:
@@ -52,7 +54,7 @@ def _chunk_logprobs(
     hidden: torch.Tensor, labels: torch.Tensor, head: nn.Module, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`hidden (tokens, h)`, `labels (tokens,)` → log-probs `(tokens,)` and, detached, entropies `(tokens,)`."""
-    with _eval_mode(head):
+    with eval_mode(head):
         logits = head(hidden).float()  # as the value-head model's forward upcasts its logits
     logprobs = torch.gather(F.log_softmax(logits, dim=-1), -1, labels.unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -106,7 +108,7 @@ def _checkpoint_in_eval_mode(layer: nn.Module, function: Callable, *args, **kwar
     and while it is recomputed."""
 
     def run(*inputs):
-        with _eval_mode(layer):
+        with eval_mode(layer):
             return function(*inputs)
 
     kwargs.pop("use_reentrant", None)

@@ -23,9 +23,10 @@ The numbers equal TRL 0.11.4's for the same seed and inputs (tests/golden holds 
 each a fix: `use_score_scaling` works (0.11.4 crashed on it); bad inputs (NaN/inf or non-scalar scores, empty
 responses, length mismatches) raise a ValueError before any model runs; a `mini_batch_size` left at its default is
 clamped to `batch_size` (in `PPOConfig`); a tokenizer without a pad token falls back to its EOS token; the reference
-response of a peft policy (`generate_ref_response=True`) is really generated with the adapter disabled. One 0.11.4
-defect is kept on purpose, with a warning, because fixing it changes every number of a run: `max_grad_norm` clips the
-gradients of the first optimizer step only.
+response of a peft policy (`generate_ref_response=True`) is really generated with the adapter disabled; `generate`
+samples in eval mode, from the policy that the eval-mode forward passes score (0.11.4 sampled with dropout on). One
+0.11.4 defect is kept on purpose, with a warning, because fixing it changes every number of a run: `max_grad_norm`
+clips the gradients of the first optimizer step only.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from stackrlhf.models.modeling_value_head import (
     create_reference_model,
 )
 from stackrlhf.trainer.deepspeed import fill_ppo_config, full_parameters, is_zero3, uses_deepspeed
-from stackrlhf.trainer.lean_forward import checkpointed_eval_forward, token_logprobs_and_entropy
+from stackrlhf.trainer.lean_forward import checkpointed_eval_forward, eval_mode, token_logprobs_and_entropy
 from stackrlhf.trainer.ppo_config import PPOConfig
 
 SUPPORTED_ARCHITECTURES = (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead)
@@ -181,7 +182,8 @@ class PPOTrainer:
 
         if dataset is not None and not isinstance(dataset, (torch.utils.data.Dataset, datasets.Dataset)):
             raise ValueError("dataset must be a torch.utils.data.Dataset or datasets.Dataset")
-        if dataset is None:
+        if dataset is None and config.batch_size == PPOConfig.batch_size:
+            # 0.11.4 warned whenever no dataset came; only a batch size left at its default needs the reminder
             warnings.warn(
                 "No dataset is provided. Make sure to set config.batch_size to the correct value before training.",
                 UserWarning,
@@ -280,38 +282,46 @@ class PPOTrainer:
             generate_ref_response: also return the reference model's responses.
             generation_kwargs: passed to `model.generate`.
 
+        Sampling runs in eval mode (each module's mode is restored after it): the PPO step scores the rollouts with
+        eval-mode forward passes (log π_old, as 0.11.4), so they must come from that policy. 0.11.4 sampled in
+        whatever mode the last mini-batch left (training: LoRA and other dropout on), so its rollouts came from a
+        perturbed policy (LoRA dropout 0.05 on the offline demo's adapter: log-probs off from π_old's by up to
+        3 nats on a token).
+
         Returns:
             A tensor `(1, len)` for a single query, or a list of 1-D tensors; a pair of them with
             `generate_ref_response`.
         """
-        if isinstance(query_tensor, list):
-            response = self._generate_batched(
-                self.model, query_tensor, length_sampler, batch_size, return_prompt, **generation_kwargs
-            )
-            if not generate_ref_response:
-                return response
-            with self._reference_for_generation() as ref_model:
-                ref_response = self._generate_batched(
-                    ref_model, query_tensor, length_sampler, batch_size, return_prompt, **generation_kwargs
+        reference_mode = eval_mode(self.ref_model) if self.ref_model is not None else nullcontext()
+        with eval_mode(self.model), reference_mode:  # sample from the policy that the forward passes score
+            if isinstance(query_tensor, list):
+                response = self._generate_batched(
+                    self.model, query_tensor, length_sampler, batch_size, return_prompt, **generation_kwargs
                 )
-            return response, ref_response
+                if not generate_ref_response:
+                    return response
+                with self._reference_for_generation() as ref_model:
+                    ref_response = self._generate_batched(
+                        ref_model, query_tensor, length_sampler, batch_size, return_prompt, **generation_kwargs
+                    )
+                return response, ref_response
 
-        if query_tensor.dim() != 1:
-            raise ValueError("query_tensor must be a tensor of shape (`seq_len`) or a list of such tensors")
-        if length_sampler is not None:
-            generation_kwargs["max_new_tokens"] = length_sampler()
-        input_ids = query_tensor.unsqueeze(0)
-        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped_model:
-            response = unwrapped_model.generate(input_ids=input_ids, **generation_kwargs)
-        ref_response = None
-        if generate_ref_response:
-            with self._reference_for_generation() as ref_model:
-                with unwrap_model_for_generation(ref_model, self.accelerator) as unwrapped_model:
-                    ref_response = unwrapped_model.generate(input_ids=input_ids, **generation_kwargs)
-        if not return_prompt and not self.is_encoder_decoder:
-            response = response[:, query_tensor.shape[0] :]
-            ref_response = ref_response[:, query_tensor.shape[0] :] if ref_response is not None else None
-        return (response, ref_response) if generate_ref_response else response
+            if query_tensor.dim() != 1:
+                raise ValueError("query_tensor must be a tensor of shape (`seq_len`) or a list of such tensors")
+            if length_sampler is not None:
+                generation_kwargs["max_new_tokens"] = length_sampler()
+            input_ids = query_tensor.unsqueeze(0)
+            with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped_model:
+                response = unwrapped_model.generate(input_ids=input_ids, **generation_kwargs)
+            ref_response = None
+            if generate_ref_response:
+                with self._reference_for_generation() as ref_model:
+                    with unwrap_model_for_generation(ref_model, self.accelerator) as unwrapped_model:
+                        ref_response = unwrapped_model.generate(input_ids=input_ids, **generation_kwargs)
+            if not return_prompt and not self.is_encoder_decoder:
+                response = response[:, query_tensor.shape[0] :]
+                ref_response = ref_response[:, query_tensor.shape[0] :] if ref_response is not None else None
+            return (response, ref_response) if generate_ref_response else response
 
     @contextmanager
     def _reference_for_generation(self) -> Iterator[torch.nn.Module]:

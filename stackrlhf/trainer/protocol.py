@@ -30,9 +30,8 @@ class RLTrainer(Protocol):
 
     A GRPO or RLOO trainer would plug in without a value head: the loop would pass each prompt `group_size` times
     and its `step` would take those groups, baselining each reward on its group's rewards instead of on values; its
-    `state_dict` would carry its optimizer and scheduler (and a KL coefficient only if it adapts one). The policy
-    saved in each checkpoint (`checkpointing.save_policy_safetensors`) assumes a value-head model today and would
-    need a branch for a plain one.
+    `state_dict` would carry its optimizer and scheduler (and a KL coefficient only if it adapts one). Each checkpoint
+    saves the policy with its own `save_pretrained` (a value-head model, a transformers or a peft model alike).
 
     Attributes:
         config: the loop's settings (`RLTrainerConfig`).
@@ -85,5 +84,6 @@ class RLTrainer(Protocol):
         ...
 
     def save_pretrained(self, save_directory: str | Path) -> None:
-        """Save the trained policy and tokenizer, loadable with `from_pretrained` (main process only)."""
+        """Save the trained policy and tokenizer, loadable with `from_pretrained`. Called on every process (under
+        ZeRO-3 the others take part in gathering the weights); only the main process writes."""
         ...

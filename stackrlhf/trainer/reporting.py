@@ -245,7 +245,7 @@ def role_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     reward_name = getattr(model, "rm_adapter_name", None)
     base = policy_adapter = value_head = reward_adapter = 0
     for name, param in model.named_parameters():
-        size = param.numel() * param.element_size()
+        size = getattr(param, "ds_numel", param.numel()) * param.element_size()  # ZeRO-3: the whole, not the part
         if name.startswith("v_head."):
             value_head += size
         elif name.startswith("score.") or (reward_name and f".{reward_name}." in name):

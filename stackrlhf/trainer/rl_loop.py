@@ -103,9 +103,9 @@ TRAJECTORY_SETTINGS = (
     "reward_model",
     "reward_model_load_in_8bit",
     # the data (DataArguments, PromptArguments)
-    "dataset_path",
+    "dataset_name",
     "dataset_format",
-    "dataset_subset",
+    "dataset_config",
     "dataset_data_dir",
     "dataset_split",
     "column_mapping",
@@ -123,6 +123,15 @@ TRAJECTORY_SETTINGS = (
 )
 """Settings that change what a run computes, by their option names: a checkpoint records them, and a run resumes it
 only with the same values. (Outputs, logging, sample generations and reward batching do not count.)"""
+
+EARLIER_SETTING_NAMES = {"dataset_name": "dataset_path", "dataset_config": "dataset_subset"}
+"""Settings that checkpoints of earlier versions recorded under another name."""
+
+
+def with_earlier_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` plus each renamed one under its `EARLIER_SETTING_NAMES` name too, so that resuming a checkpoint
+    that recorded e.g. ``dataset_path`` compares it with this run's ``dataset_name``."""
+    return settings | {old: settings[new] for new, old in EARLIER_SETTING_NAMES.items() if new in settings}
 
 
 def run_settings(*configs: Any) -> dict[str, Any]:
@@ -311,13 +320,13 @@ def run_rl_loop(
     checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
     if checkpoint is not None:
         verified = args.resume_from_checkpoint.lower() in LATEST  # resolve_checkpoint checked its files
-        resumed = load_ppo_checkpoint(trainer, checkpoint, settings=settings, verify=not verified)
+        resumed = load_ppo_checkpoint(trainer, checkpoint, settings=with_earlier_names(settings), verify=not verified)
         start_step, samples = resumed["step"], read_samples(output_dir)
         if "before" not in samples and "samples_before" in resumed["extra"]:
             samples["before"] = resumed["extra"]["samples_before"]
         logger.info("Resumed from %s at step %d of %d.", checkpoint, start_step, total_steps)
     stats_log = StatsLog(output_dir / STATS_FILE, resume_step=start_step) if is_main else None
-    if is_main and "before" not in samples:
+    if "before" not in samples:  # every process: under ZeRO-3, generating and scoring gather weights collectively
         samples["before"] = generate_samples(
             trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
         )
@@ -364,14 +373,18 @@ def run_rl_loop(
         if on_step is not None:
             on_step(step, stats)
 
-    if not is_main:
-        accelerator.wait_for_everyone()
-        return {}
-    with writing("the final policy", output_dir):
-        write_files_atomically(output_dir, trainer.save_pretrained)
+    # Saving and sample generation are collective under ZeRO-3 (weights are gathered): every process takes part.
+    if is_main:
+        with writing("the final policy", output_dir):
+            write_files_atomically(output_dir, trainer.save_pretrained)
+    else:
+        trainer.save_pretrained(output_dir)  # this process's part of the gather; only the main process writes
     samples["after"] = generate_samples(
         trainer, sample_queries, reward_fn, args.sample_max_new_tokens, generation_kwargs
     )
+    if not is_main:
+        accelerator.wait_for_everyone()
+        return {}
     memory = role_bytes(accelerator.unwrap_model(trainer.model), trainer.optimizer)
     result = finish_run(
         output_dir,

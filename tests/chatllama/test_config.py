@@ -29,6 +29,7 @@ def test_opt_config_holds_chatllamas_published_defaults():
     assert (config.trainer.actor_lr, config.trainer.critic_lr, config.trainer.beta_s) == (5e-6, 9e-6, 0.02)
     assert (config.trainer.update_timesteps, config.trainer.batch_size, config.trainer.mode) == (32, 1, "faithful")
     assert (config.actor.model, config.actor.max_tokens, config.actor.min_tokens) == ("facebook/opt-1.3b", 2048, 100)
+    assert config.critic.model is None  # unset: the critic starts as a copy of the reward model
     assert config.reward.model == config.critic_model == "facebook/opt-125m"
     assert config.critic.model_head_hidden_size == config.reward.model_head_hidden_size == 2048
     assert config.context_length == 2048
@@ -65,6 +66,10 @@ def test_trainer_config_errors_name_the_field_and_value(settings, message):
         ({"actor_config": {"load_in_8bit": True}}, r"actor_config.load_in_8bit true: .* peft_enable"),
         ({"actor_config": {"dtype": "float16"}}, r"actor_config.dtype 'float16'"),
         ({"reward_config": {"model_head_hidden_size": 1}}, r"reward_config.model_head_hidden_size 1"),
+        (
+            {"reward_config": {"model_head_hidden_size": 64}, "critic_config": {"model_head_hidden_size": 32}},
+            r"critic_config.model_head_hidden_size 32: .* copy of the reward model, whose head has 64 units",
+        ),
         ({"actor_config": {"modell": "x"}}, r"actor_config: unknown field\(s\) modell"),
         ({"ppo_config": {}}, r"unknown config section\(s\) ppo_config"),
     ],

@@ -106,7 +106,7 @@ def test_fixed_actor_loss_counts_valid_positions_only():
     ratio = {k: math.exp(logp[k] - old[k].item()) for k in valid}
     surrogate = {k: min(ratio[k] * adv[k], min(max(ratio[k], 0.8), 1.2) * adv[k]) for k in valid}
     policy = mean([-surrogate[k] for k in valid]) - BETA * mean(list(ent.values()))
-    kl = mean([sum(old[k].item() - logp[k] for k in valid if k[0] == b) for b in range(2)])
+    kl = mean([old[k].item() - logp[k] for k in valid])  # per valid token
 
     torch.testing.assert_close(log_probs[mask.bool()], torch.tensor([logp[k] for k in valid]))
     assert advantages[1, 2].item() == 0.0
@@ -122,3 +122,20 @@ def test_fixed_actor_loss_counts_valid_positions_only():
     shifted = values.clone()
     shifted[1, 2] = -100.0  # a padded position: changes nothing
     assert losses.clipped_value_loss(new_values, shifted, returns, EPS_CLIP, mask).item() == pytest.approx(expected)
+
+
+def test_fixed_kl_term_does_not_grow_with_completion_length():
+    log_probs, old = torch.tensor([[-0.7, -1.1, -0.3]]), torch.tensor([[-0.5, -1.0, -0.2]])
+
+    def kl_terms(repeats: int) -> tuple[float, float]:
+        """(fixed, faithful) KL terms for the same per-token log-ratios over `repeats` x 3 tokens."""
+        lp, ol = log_probs.repeat(1, repeats), old.repeat(1, repeats)
+        zeros, mask = torch.zeros_like(lp), torch.ones_like(lp)
+        fixed = losses.fixed_actor_loss(lp, ol, zeros, zeros, mask, EPS_CLIP, BETA)
+        faithful = losses.faithful_actor_loss(lp.exp(), lp, ol, zeros, EPS_CLIP, BETA)
+        return fixed.kl.item(), faithful.kl.item()
+
+    (fixed_short, faithful_short), (fixed_long, faithful_long) = kl_terms(1), kl_terms(2)
+    assert fixed_short == pytest.approx(mean((old - log_probs)[0].tolist()), rel=1e-6)
+    assert fixed_long == pytest.approx(fixed_short, rel=1e-6)
+    assert faithful_long == pytest.approx(2 * faithful_short, rel=1e-6)  # chatllama's per-sequence sum doubles

@@ -6,7 +6,9 @@ from peft import LoraConfig, get_peft_model
 from trl import ModelConfig
 
 from stackrlhf.chatllama import ChatLlamaConfig, ChatLlamaTrainer, RewardModel, load_prompts
+from stackrlhf.chatllama import trainer as trainer_module
 from stackrlhf.chatllama.buffer import pad_memories, stack_memories
+from stackrlhf.chatllama.losses import taken_token_log_probs
 from stackrlhf.data import DataArguments, prompts_within
 from stackrlhf.models.bundled import TINY_MODEL
 from stackrlhf.models.loading import load_model, load_tokenizer
@@ -32,8 +34,34 @@ def checkpoints(tmp_path_factory):
     return {"sft": str(root / "sft"), "reward": str(root / "reward")}
 
 
+@pytest.fixture(scope="module")
+def messy_checkpoints(tmp_path_factory):
+    """A merged SFT model and a reward model with attention dropout 0.1 (OPT, chatllama's default family, has
+    dropout 0.1), the SFT model shipping generation defaults that change the sampling distribution."""
+    root = tmp_path_factory.mktemp("messy")
+    tokenizer = load_tokenizer(ModelConfig(model_name_or_path=TINY_MODEL))
+    torch.manual_seed(1)
+    for name, task in (("sft", "causal_lm"), ("reward", "sequence_classification")):
+        model = load_model(ModelConfig(model_name_or_path=TINY_MODEL), task=task)
+        model.config.attention_dropout = 0.1
+        if task == "causal_lm":
+            model.generation_config.update(
+                do_sample=True, top_k=3, repetition_penalty=1.5, no_repeat_ngram_size=2, min_new_tokens=50
+            )
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return {"sft": str(root / "sft"), "reward": str(root / "reward")}
+
+
 def make_trainer(
-    checkpoints, mode: str, *, batch_size: int = 1, prompts=PROMPTS, reward: dict | None = None, **actor
+    checkpoints,
+    mode: str,
+    *,
+    batch_size: int = 1,
+    prompts=PROMPTS,
+    reward: dict | None = None,
+    critic: dict | None = None,
+    **actor,
 ) -> ChatLlamaTrainer:
     config = ChatLlamaConfig.from_dict(
         {
@@ -57,7 +85,7 @@ def make_trainer(
             | actor,
             "reward_config": {"model": checkpoints["reward"], "model_head_hidden_size": 16, "max_sequence_length": 512}
             | (reward or {}),
-            "critic_config": {"model_head_hidden_size": 16, "max_sequence_length": 512},
+            "critic_config": {"model_head_hidden_size": 16, "max_sequence_length": 512} | (critic or {}),
         }
     )
     return ChatLlamaTrainer(config, prompts)
@@ -87,6 +115,32 @@ def test_reward_and_critic_score_every_token_with_the_trained_reward(checkpoints
     assert critic_weight.data_ptr() != trainer.reward.head[0].weight.data_ptr() and critic_weight.requires_grad
     assert not any(p.requires_grad for p in trainer.reward.parameters())  # fixed: frozen, scored under no_grad
     assert isinstance(trainer.reward, RewardModel) and trainer.reward.head[0].out_features == 16
+
+
+@pytest.mark.parametrize("mode", ["faithful", "fixed"])
+def test_critic_starts_as_a_byte_copy_of_the_reward_model_with_its_own_weights(checkpoints, mode):
+    trainer = make_trainer(checkpoints, mode, batch_size=1)
+    critic, reward = trainer.actorcritic.critic, trainer.reward
+    critic_state, reward_state = critic.state_dict(), reward.state_dict()
+    assert list(critic_state) == list(reward_state) and any(k.startswith("head.") for k in critic_state)
+    for name, tensor in critic_state.items():
+        assert tensor.dtype == reward_state[name].dtype and torch.equal(tensor, reward_state[name]), name
+        assert tensor.data_ptr() != reward_state[name].data_ptr(), name  # a copy, not shared storage
+
+    reward_before = snapshot(reward)
+    batch = trainer.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    trainer.critic_optimizer.zero_grad()
+    critic(batch["input_ids"], batch["attention_mask"]).square().mean().backward()
+    trainer.critic_optimizer.step()
+    assert not torch.equal(critic.head[0].weight, reward.head[0].weight)  # the critic trained...
+    assert not changed(reward_before, reward)  # ...and the reward model did not move
+
+
+def test_a_named_critic_checkpoint_is_loaded_instead_of_the_copy(checkpoints):
+    trainer = make_trainer(checkpoints, "faithful", critic={"model": TINY_MODEL})
+    critic_backbone = trainer.actorcritic.critic.backbone.state_dict()
+    reward_backbone = trainer.reward.backbone.state_dict()
+    assert not all(torch.equal(critic_backbone[k], reward_backbone[k]) for k in critic_backbone)
 
 
 @pytest.mark.parametrize(("mode", "batch_size", "peft"), [("faithful", 1, False), ("fixed", 2, True)])
@@ -177,3 +231,75 @@ def test_eight_bit_lora_actor_and_eight_bit_reward_train(checkpoints):
     assert before and all("lora_" in name for name in before)
     trainer.learn(trainer.make_experience(PROMPTS))
     assert changed(before, actor)
+
+
+@pytest.mark.parametrize("mode", ["faithful", "fixed"])
+def test_learn_uses_dropout_in_faithful_mode_only_so_fixed_ratios_start_at_exactly_one(
+    messy_checkpoints, mode, monkeypatch
+):
+    trainer = make_trainer(messy_checkpoints, mode, batch_size=2 if mode == "fixed" else 1)
+    memories = trainer.make_experience(PROMPTS)
+    calls = []
+    compute_losses = trainer.compute_losses
+
+    def recording(batch):
+        calls.append(trainer.actorcritic.training)
+        return compute_losses(batch)
+
+    captured = {}
+
+    def capture(name, loss):
+        def wrapped(*args, **kwargs):
+            captured.setdefault(name, args)
+            return loss(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(trainer, "compute_losses", recording)
+    for name in ("fixed_actor_loss", "clipped_value_loss"):
+        monkeypatch.setattr(trainer_module, name, capture(name, getattr(trainer_module, name)))
+    trainer.learn(memories)
+    assert calls and all(training == (mode == "faithful") for training in calls)  # chatllama: actorcritic.train()
+    if mode == "faithful":
+        return
+
+    log_probs, old_log_probs, *_ = captured["fixed_actor_loss"]
+    values, old_values, _, _, mask = captured["clipped_value_loss"]
+    valid = mask.bool()
+    ratios = (log_probs - old_log_probs).exp()[valid]
+    assert torch.equal(ratios, torch.ones_like(ratios))  # first epoch, unchanged weights: exactly 1
+    assert torch.equal(values[valid], old_values[valid])
+
+    fresh = make_trainer(messy_checkpoints, mode, batch_size=2)
+    batch = pad_memories(fresh.make_experience(PROMPTS), fresh.tokenizer.pad_token_id)
+    fresh.actorcritic.train()  # what faithful mode does: the checkpoints' dropout changes the log-probs
+    logits, _ = fresh.actorcritic(batch.sequences, batch.sequences_mask, batch.action_len, batch.prompt_len)
+    dropped = taken_token_log_probs(logits, batch.actions, fresh.config.actor.temperature)
+    assert not torch.equal(dropped[batch.action_mask.bool()], batch.old_log_probs[batch.action_mask.bool()])
+
+
+def test_fixed_mode_log_probs_are_those_of_the_sampling_distribution_whatever_the_checkpoint_defaults(
+    messy_checkpoints,
+):
+    trainer = make_trainer(messy_checkpoints, "fixed", batch_size=2, max_tokens=16)
+    actor = trainer.actorcritic.actor
+    assert actor.checkpoint_generation_config.repetition_penalty == 1.5  # the checkpoint asks for processors
+    faithful = actor.generation_settings(sample=False, max_new_tokens=16)
+    assert (faithful.top_k, faithful.repetition_penalty, faithful.no_repeat_ngram_size) == (3, 1.5, 3)  # merged
+
+    torch.manual_seed(7)
+    memories = trainer.make_experience(PROMPTS)
+    inputs = trainer.tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    settings = actor.generation_settings(sample=True, max_new_tokens=16)
+    settings.update(output_scores=True, return_dict_in_generate=True)
+    torch.manual_seed(7)  # the same draw again, with the scores generate sampled from
+    with torch.no_grad():
+        out = actor.model.generate(**inputs, generation_config=settings)
+    prompt_len = inputs["input_ids"].shape[1]
+    # the scores are the logits after every processor and warper generate applied: the sampling distribution
+    sampling_log_probs = torch.log_softmax(torch.stack(out.scores, dim=1), dim=-1)  # [B, A, V]
+    for row, memory in enumerate(memories):
+        length = len(memory.actions)
+        assert torch.equal(out.sequences[row, prompt_len : prompt_len + length], memory.actions)
+        expected = sampling_log_probs[row, :length].gather(-1, memory.actions[:, None])[:, 0]
+        torch.testing.assert_close(memory.old_log_probs, expected, atol=1e-5, rtol=0)

@@ -1,5 +1,6 @@
 """Bad rows: one single-line DataError naming file, row and field, or skipped and counted with skip_bad_rows."""
 
+import gzip
 import json
 import logging
 
@@ -40,10 +41,12 @@ JSONL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("file_name", ["prefs.jsonl", "prefs.jsonl.gz"])
 @pytest.mark.parametrize(("kind", "bad_line", "expected"), JSONL_CASES, ids=[case[0] for case in JSONL_CASES])
-def test_bad_jsonl_row_is_one_error_line(tmp_path, kind, bad_line, expected):
-    path = tmp_path / "prefs.jsonl"
-    path.write_bytes(GOOD + GOOD + bad_line + GOOD)
+def test_bad_jsonl_row_is_one_error_line(tmp_path, kind, bad_line, expected, file_name):
+    path = tmp_path / file_name
+    data = GOOD + GOOD + bad_line + GOOD
+    path.write_bytes(gzip.compress(data) if file_name.endswith(".gz") else data)
     with pytest.raises(DataError) as caught:
         load_preference_pairs(str(path))
     assert str(caught.value) == f"{path}, {expected}"

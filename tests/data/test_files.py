@@ -161,10 +161,10 @@ def test_truncated_gzip_file(tmp_path):
         load_preference_pairs(str(path))
 
 
-def test_subset_is_for_hub_datasets_only(tmp_path):
+def test_a_config_is_for_folders_and_hub_datasets_only(tmp_path):
     path = write_se_file(tmp_path / "se.jsonl")
-    with pytest.raises(ConfigError, match="only applies to Hub datasets"):
-        load_preference_pairs(str(path), subset="default")
+    with pytest.raises(ConfigError, match=r"^--dataset_config default: .*se\.jsonl is a single file; give the file"):
+        load_preference_pairs(str(path), config="default")
 
 
 def test_hub_dataset_is_loaded_through_datasets(monkeypatch):
@@ -204,7 +204,7 @@ def test_local_dataset_folder_streams_only_the_rows_it_needs(tmp_path):
     rows = [{**row, "question": f"{row['question']} {i}"} for i in range(20) for row in SE_ROWS]
     write_jsonl(folder / "data" / "rl" / "part-0.jsonl", rows)
     args = DataArguments(
-        dataset_path=str(folder), dataset_data_dir="data/rl", dataset_streaming=True, max_samples=5, eval_samples=1
+        dataset_name=str(folder), dataset_data_dir="data/rl", dataset_streaming=True, max_samples=5, eval_samples=1
     )
     train, held_out = load_splits(args)
     assert (train.num_rows, held_out.num_rows) == (4, 1)
@@ -213,4 +213,4 @@ def test_local_dataset_folder_streams_only_the_rows_it_needs(tmp_path):
 
 def test_streaming_needs_max_samples():
     with pytest.raises(ConfigError, match="dataset_streaming needs max_samples"):
-        DataArguments(dataset_path="lvwerra/stack-exchange-paired", dataset_streaming=True)
+        DataArguments(dataset_name="lvwerra/stack-exchange-paired", dataset_streaming=True)

@@ -23,7 +23,8 @@ def numbered_pairs(count):
 
 def test_default_arguments_use_the_bundled_sample(default_splits):
     args = DataArguments()
-    assert (args.dataset_path, args.dataset_format, args.dataset_split) == (BUNDLED_DATASET, "auto", "train")
+    assert (args.dataset_name, args.dataset_format, args.dataset_split) == (BUNDLED_DATASET, "auto", "train")
+    assert (args.dataset_path, args.dataset_config, args.dataset_data_dir) == (None, None, None)
     assert (args.skip_bad_rows, args.max_samples, args.eval_samples, args.dataset_seed) == (False, None, 200, 42)
     train, held_out = default_splits
     assert (train.num_rows, held_out.num_rows) == (2303 - 200, 200)
@@ -72,7 +73,7 @@ def test_load_splits_reads_files_with_a_column_mapping(tmp_path):
     path = tmp_path / "prefs.jsonl"
     rows = [{"prompt": f"Q{i}?", "better": f"yes {i}", "worse": f"no {i}"} for i in range(10)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    args = DataArguments(dataset_path=str(path), column_mapping="prompt=question,better=chosen,worse=rejected")
+    args = DataArguments(dataset_name=str(path), column_mapping="prompt=question,better=chosen,worse=rejected")
     train, held_out = load_splits(dataclasses.replace(args, eval_samples=3))
     assert (train.num_rows, held_out.num_rows) == (7, 3)
     assert sorted([*train["question"], *held_out["question"]]) == sorted(row["prompt"] for row in rows)
@@ -96,7 +97,7 @@ def test_arguments_parse_from_the_command_line():
     parser = TrlParser((DataArguments,))
     (data_args,) = parser.parse_args_into_dataclasses(
         [
-            "--dataset_path", "prefs.csv",
+            "--dataset_name", "prefs.csv",
             "--dataset_format", "columns",
             "--column_mapping", "prompt=question",
             "--skip_bad_rows",
@@ -106,7 +107,7 @@ def test_arguments_parse_from_the_command_line():
         ]
     )  # fmt: skip
     assert data_args == DataArguments(
-        dataset_path="prefs.csv",
+        dataset_name="prefs.csv",
         dataset_format="columns",
         column_mapping="prompt=question",
         skip_bad_rows=True,
@@ -120,9 +121,9 @@ def test_arguments_parse_from_the_command_line():
 
 
 def test_argument_names_do_not_clash_with_trl_configs():
-    from trl import ModelConfig, RewardConfig, SFTConfig  # slow to import: keep it to this test
+    from trl import DPOConfig, GRPOConfig, ModelConfig, RewardConfig, SFTConfig  # slow to import: keep it here
 
-    for config in (SFTConfig, RewardConfig):
+    for config in (SFTConfig, RewardConfig, DPOConfig, GRPOConfig):
         TrlParser((DataArguments, config, ModelConfig))  # argparse raises on a clashing option
 
 

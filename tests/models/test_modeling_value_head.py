@@ -24,7 +24,7 @@ from transformers import (
 
 import stackrlhf.models.modeling_base as modeling_base
 from stackrlhf.errors import ConfigError
-from stackrlhf.models.bundled import TINY_MODEL
+from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
 from stackrlhf.models.modeling_value_head import (
     AutoModelForCausalLMWithValueHead,
     AutoModelForSeq2SeqLMWithValueHead,
@@ -113,16 +113,18 @@ def test_resaving_a_trl_0114_plain_checkpoint_writes_the_same_file(tmp_path):
         torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0)
 
 
-def test_resaving_a_trl_0114_lora_checkpoint_keeps_its_layout(tmp_path, in_fixtures):
+def test_resaving_a_trl_0114_lora_checkpoint_writes_its_value_head_without_pickle(tmp_path, in_fixtures):
     model = AutoModelForCausalLMWithValueHead.from_pretrained("trl_checkpoint_peft")
     model.save_pretrained(tmp_path / "resaved")
     source, saved = FIXTURES / "trl_checkpoint_peft", tmp_path / "resaved"
-    for name in ("adapter_model.safetensors", "pytorch_model.bin"):  # the value head alone goes into the .bin
-        ours, theirs = tensors(saved / name), tensors(source / name)
+    # 0.11.4 pickled the value head into pytorch_model.bin; the same tensors go to model.safetensors
+    for ours_name, theirs_name in [("adapter_model.safetensors",) * 2, ("model.safetensors", "pytorch_model.bin")]:
+        ours, theirs = tensors(saved / ours_name), tensors(source / theirs_name)
         assert ours.keys() == theirs.keys()
         for key in theirs:
             torch.testing.assert_close(ours[key], theirs[key], atol=0, rtol=0)
-    assert tensors(saved / "pytorch_model.bin").keys() == V_HEAD_KEYS
+    assert tensors(saved / "model.safetensors").keys() == V_HEAD_KEYS
+    assert not (saved / "pytorch_model.bin").exists()
     assert_golden(AutoModelForCausalLMWithValueHead.from_pretrained(str(saved)), GOLDEN["peft"])
 
 
@@ -153,10 +155,11 @@ def test_lora_round_trip_saves_adapter_and_value_head_beside_it(tmp_path):
     model.save_pretrained(tmp_path / "policy")  # the directory does not exist yet
 
     saved = tmp_path / "policy"
-    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == TINY_MODEL
-    assert tensors(saved / "pytorch_model.bin").keys() == V_HEAD_KEYS
+    base = json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == resolve_model_name_or_path(TINY_MODEL)  # a real directory: plain peft finds it offline
+    assert tensors(saved / "model.safetensors").keys() == V_HEAD_KEYS
     assert not V_HEAD_KEYS & tensors(saved / "adapter_model.safetensors").keys()
-    assert not (saved / "model.safetensors").exists()
+    assert not (saved / "pytorch_model.bin").exists()
     reloaded = AutoModelForCausalLMWithValueHead.from_pretrained(str(saved))
     assert reloaded.is_peft_model
     reloaded_logits, reloaded_value = outputs(reloaded, ids, None)

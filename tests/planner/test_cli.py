@@ -20,7 +20,8 @@ def test_table_output(capsys):
     assert run(["--model", "gpt2", "--stage", "sft", "--quantization", "4bit", "--double_quant"]) == 0
     out = capsys.readouterr().out
     assert "124,439,808 parameters" in out and "quantization_constants" in out
-    assert "fits: 16 GB yes, 24 GB yes, 40 GB yes, 80 GB yes" in out and "largest that fits 24 GB" in out
+    verdict = "verdict for batch 8 sequences of 256 tokens; 4bit + double quant weights, float32 activations:\n"
+    assert verdict + "fits: 16 GB yes, 24 GB yes, 40 GB yes, 80 GB yes" in out and "largest that fits 24 GB" in out
     assert "  batch_size " in out and "  sequence_length " in out
 
 

@@ -13,6 +13,19 @@ CASES = {
     "ppo-4bit-chunked": dataclasses.replace(PPO, quantization="4bit", generation_batch_size=4, gpu_memory_gb=16),
     "sft": dataclasses.replace(PPO, stage="sft", query_length=512, response_length=0, gpu_memory_gb=16),
     "reward": dataclasses.replace(PPO, stage="reward", quantization="bf16", lora_r=8, gpu_memory_gb=20),
+    "dpo": dataclasses.replace(
+        PPO, stage="dpo", quantization="4bit", query_length=512, response_length=0, gpu_memory_gb=16
+    ),
+    "grpo": dataclasses.replace(PPO, stage="grpo", num_generations=4, gpu_memory_gb=16),
+    "rloo-steps": dataclasses.replace(  # 4 steps per generation: 2 prompts x 8 completions generated at once
+        PPO,
+        stage="rloo",
+        quantization="4bit",
+        batch_size=4,
+        generation_batch_size=16,
+        num_generations=8,
+        gpu_memory_gb=16,
+    ),
 }
 
 
@@ -25,6 +38,8 @@ def test_each_limit_fits_and_one_more_does_not(case):
         assert 0 < limit < result.limit_bounds[name], (name, limit)  # these cases are bounded by memory
         assert estimate(limit_settings(settings, name, limit)).fits, name
         assert not estimate(limit_settings(settings, name, limit + 1)).fits, name
+    if "batch_size" in result.limits:  # sft, reward, dpo, grpo, rloo: the same search as max_batch_size
+        assert result.max_batch_size == result.limits["batch_size"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

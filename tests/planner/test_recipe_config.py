@@ -11,7 +11,13 @@ import yaml
 from stackrlhf.configs import shipped_configs
 from stackrlhf.planner.cli import run
 from stackrlhf.planner.configs import bundled_models
-from stackrlhf.planner.recipe_config import RECIPE_DEFAULTS, detect_recipe, read_recipe_config, settings_from_arguments
+from stackrlhf.planner.recipe_config import (
+    RECIPE_DEFAULTS,
+    detect_recipe,
+    load_config_file,
+    read_recipe_config,
+    settings_from_arguments,
+)
 
 SHIPPED = sorted(path for name, path in shipped_configs().items()
                  if not name.startswith(("accelerate/", "tiny/")) and path.parent.name in RECIPE_DEFAULTS)  # fmt: skip
@@ -29,16 +35,16 @@ def merged_sft_model(tmp_path, monkeypatch):
 
 
 def _recipe_module(recipe):
-    from stackrlhf.recipes import ppo, reward, sentiment, sft
+    from stackrlhf.recipes import dpo, grpo, ppo, reward, sentiment, sft
 
-    return {"sft": sft, "reward": reward, "ppo": ppo, "sentiment": sentiment}[recipe]
+    return {"sft": sft, "reward": reward, "ppo": ppo, "sentiment": sentiment, "dpo": dpo, "grpo": grpo}[recipe]
 
 
 def _parsed_arguments(recipe, argv):
     """The recipe's own parse of `argv` (a GPU-less machine rejects bf16 at parse time, so it is turned off)."""
     from stackrlhf.recipes.runner import parse_args
 
-    cpu = ["--bf16", "false"] if recipe in ("sft", "reward") else []
+    cpu = ["--bf16", "false"] if recipe in ("sft", "reward", "dpo", "grpo") else []
     return parse_args(_recipe_module(recipe).make_parser(), [*argv, *cpu])
 
 
@@ -47,10 +53,16 @@ def _plan_json(capsys, argv):
     return json.loads(capsys.readouterr().out)
 
 
-def test_the_shipped_configs_are_the_four_recipes():
+def test_the_shipped_configs_are_the_recipes():
     recipes = [detect_recipe(yaml.safe_load(path.read_text()), path=path) for path in SHIPPED]
-    assert sorted(recipes) == ["ppo", "reward", "sentiment", "sft"]
+    assert sorted(recipes) == ["dpo", "ppo", "reward", "sentiment", "sft"]  # llama-2-7b has no grpo config
     assert all(path.parent.name == recipe for path, recipe in zip(SHIPPED, recipes, strict=True))
+    for recipe in ("dpo", "grpo"):  # the offline configs, told by their keys alone
+        assert detect_recipe(load_config_file(f"tiny/{recipe}")) == recipe
+
+
+DERIVED = {"generation_batch_size", "steps_per_generation"}
+"""GRPOConfig options that TRL derives when unset: the recipe defaults keep them unset (see below)."""
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPE_DEFAULTS))
@@ -58,8 +70,16 @@ def test_recipe_defaults_are_what_the_recipe_parsers_resolve(recipe):
     parsed = {}
     for arguments in _parsed_arguments(recipe, []):
         parsed |= vars(arguments)
-    for name, default in RECIPE_DEFAULTS[recipe].items():
+    defaults = RECIPE_DEFAULTS[recipe]
+    for name, default in defaults.items():
         value = getattr(parsed[name], "value", parsed[name])  # TrainingArguments.optim is an enum member
+        if recipe == "grpo" and name in DERIVED:  # unset, TRL makes one generation per accumulated batch
+            assert default is None and parsed["steps_per_generation"] == defaults["gradient_accumulation_steps"]
+            assert (
+                parsed["generation_batch_size"]
+                == defaults["per_device_train_batch_size"] * parsed["steps_per_generation"]
+            )
+            continue
         assert value == default, name
 
 
@@ -72,7 +92,8 @@ def test_every_shipped_config_plans_the_run_its_recipe_would_do(config, merged_s
     # the YAML's own values
     assert settings["model"] == values["model_name_or_path"]
     assert settings["lora_r"] == values["lora_r"]
-    quantization = "8bit" if values.get("load_in_8bit") else "bf16" if values.get("dtype") == "bfloat16" else None
+    quantization = "8bit" if values.get("load_in_8bit") else "4bit" if values.get("load_in_4bit") else None
+    quantization = quantization or ("bf16" if values.get("dtype") == "bfloat16" else None)
     assert settings["quantization"] == quantization
     if recipe in ("ppo", "sentiment"):
         assert settings["stage"] == "ppo"

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from stackrlhf.recipes import dpo
-from stackrlhf.recipes.runner import parse_args, run_recipe
+from stackrlhf.recipes.runner import run_recipe
 from stackrlhf.recipes.stages import StageOutputs
 from stackrlhf.trainer.reporting import SUMMARY_FILE
 
@@ -29,6 +29,14 @@ class RecordingTrainer(dpo.DPOTrainer):
         RecordingTrainer.last = self
 
 
+@pytest.fixture(autouse=True, scope="module")
+def keep_torch_threads():
+    """A recipe run sets torch's thread count (the tiny config's `torch_threads: 1`); the other tests keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def dpo_run(tmp_path_factory, tiny_model_dir):
     """A bare run (no --model_name_or_path) whose offline SFT stage is the tiny model itself, so no stage is built."""
@@ -36,8 +44,9 @@ def dpo_run(tmp_path_factory, tiny_model_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dpo, "offline_stages", lambda: StageOutputs(output_dir, tiny_model_dir, output_dir))
         patch.setattr(dpo, "DPOTrainer", RecordingTrainer)
-        summary = dpo.main(*parse_args(dpo.make_parser(), [*QUICK, "--output_dir", str(output_dir)]))
-    return output_dir, summary, RecordingTrainer.last
+        torch.set_num_threads(2)
+        assert run_recipe(dpo.make_parser(), dpo.main, [*QUICK, "--output_dir", str(output_dir)]) == 0
+    return output_dir, json.loads((output_dir / SUMMARY_FILE).read_text()), RecordingTrainer.last
 
 
 def test_dpo_starts_from_the_sft_stage_and_reports_held_out_rewards(dpo_run, tiny_model_dir, capsys):
@@ -51,6 +60,9 @@ def test_dpo_starts_from_the_sft_stage_and_reports_held_out_rewards(dpo_run, tin
         summary["eval_reward_chosen"] - summary["eval_reward_rejected"], abs=1e-5
     )
     assert (output_dir / "adapter_model.safetensors").is_file() and (output_dir / dpo.PLOT_FILE).is_file()
+    assert summary["steps"] == 4 and summary["pairs_seen"] == 4 * 8  # the tiny config's batch of 8 pairs
+    assert summary["train_seconds"] > 0
+    assert summary["torch_threads"] == torch.get_num_threads() == 1  # the tiny config's, set by run_recipe
     assert json.loads((output_dir / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
 
 
@@ -86,13 +98,14 @@ def test_the_shipped_stackllama2_config_parses(capsys):
         (["--load_in_8bit", "--load_in_4bit", "--dry_run"], "8 bit and 4 bit"),
         (["--model_name_or_path", "{adapter}", "--dry_run"], "is a LoRA adapter; DPO's base must be a full model"),
         (["--eval_samples", "0", "--eval_strategy", "steps", "--dry_run"], "--eval_samples 0 holds out no pairs"),
+        (["--torch_threads", "0", "--dry_run"], "torch_threads: 0 must be at least 1"),
         (
             ["--model_name_or_path", "stackrlhf/stories260K", "--max_samples", "20", "--eval_samples", "0"]
             + ["--max_length", "4"],
             "no training pair fits --max_length 4",
         ),
     ],
-    ids=["beta", "8-and-4-bit", "adapter-as-base", "eval-without-rows", "prompts-fill-max-length"],
+    ids=["beta", "8-and-4-bit", "adapter-as-base", "eval-without-rows", "threads", "prompts-fill-max-length"],
 )
 def test_bad_input_is_one_line(argv, expected, reward_dirs, tmp_path, capsys):
     argv = [arg.format(adapter=reward_dirs["adapter"]) for arg in argv]

@@ -38,6 +38,8 @@ def run(args):
 def test_report_uses_the_runs_reward_and_is_saved(policy_dir):
     report = run(["--policy_path", str(policy_dir), *EVAL])
     assert report["num_prompts"] == 6 and 0.0 <= report["win_rate"] <= 1.0
+    assert report["num_comparisons"] == 6 * 4 == len(report["samples"])  # 4 samples per prompt by default
+    assert [s["query"] for s in report["samples"][6:12]] == [s["query"] for s in report["samples"][:6]]
     assert report["reward_adapter"] is not None
     assert json.loads((policy_dir / evaluate.EVALUATION_FILE).read_text())["win_rate"] == report["win_rate"]
     sample = report["samples"][0]
@@ -50,6 +52,14 @@ def test_the_separate_merged_reward_model_scores_the_same(policy_dir, reward_dir
                     "--output_file", str(tmp_path / "b.json")])  # fmt: skip
     assert separate["policy_mean_reward"] == pytest.approx(shared["policy_mean_reward"], abs=1e-4)
     assert separate["reference_mean_reward"] == pytest.approx(shared["reference_mean_reward"], abs=1e-4)
+
+
+def test_one_sample_per_prompt_compares_each_prompt_once(policy_dir, tmp_path):
+    report = run(["--policy_path", str(policy_dir), *EVAL, "--samples_per_prompt", "1",
+                  "--output_file", str(tmp_path / "one.json")])  # fmt: skip
+    assert report["num_comparisons"] == report["num_prompts"] == 6
+    with pytest.raises(ConfigError, match="samples_per_prompt must be at least 1"):
+        run(["--policy_path", str(policy_dir), *EVAL, "--samples_per_prompt", "0"])
 
 
 def test_a_directory_without_an_adapter_is_refused(tmp_path):

@@ -81,6 +81,7 @@ def test_a_short_run_on_the_shared_base_writes_every_output(tmp_path, reward_dir
     adapter = str(reward_dirs["adapter"])
     summary = run([*QUICK, "--algorithm", algorithm, "--reward_adapter", adapter, "--output_dir", str(out)])
     assert summary["design"] == "shared base" and summary["algorithm"] == algorithm and summary["steps"] == 2
+    assert summary["torch_threads"] == torch.get_num_threads()
     assert json.loads((out / SUMMARY_FILE).read_text())["steps"] == 2
     records = read_stats(out / STATS_FILE)
     assert [r["step"] for r in records] == [0, 1] and all(r["samples"] == 4 for r in records)
@@ -120,6 +121,7 @@ def test_bad_input_is_one_line(tmp_path, reward_dirs, capsys):
         ([*QUICK, *adapter, "--algorithm", "rloo", "--loss_type", "grpo"], "RLOOTrainer has no --loss_type"),
         ([*QUICK, *adapter, "--reward_model", str(reward_dirs["merged"])], "not both"),
         ([*QUICK], "needs a reward"),
+        ([*QUICK, *adapter, "--torch_threads", "0"], "torch_threads: 0 must be at least 1"),
     ]
     for args, message in cases:
         assert run_recipe(grpo.make_parser(), grpo.main, [*args, "--output_dir", str(tmp_path / "x")]) == 2

@@ -12,6 +12,7 @@ directory instead; the rows with an output path under a file cover a directory t
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import shutil
@@ -96,6 +97,17 @@ def write(filename: str, text: str) -> Callable[[Path], None]:
     return lambda folder: (folder / filename).write_text(text)
 
 
+def data_folder(name: str, files: dict[str, str]):
+    """A setup that writes `files` (relative path -> text) into workspace/`name`."""
+
+    def setup(tmp: Path, fixtures: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+        for relative, text in files.items():
+            (tmp / name / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name / relative).write_text(text)
+
+    return setup
+
+
 def deny_writing(tmp: Path, fixtures: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """`os.access` says the workspace's `locked` directory is not writable (root ignores permission bits)."""
     (tmp / "locked").mkdir()
@@ -122,6 +134,34 @@ CASES = [
     # data
     Case(
         "data: missing file", "sft", ("--dataset_path", "{tmp}/missing.jsonl", *NEW_OUT), "missing.jsonl: no such file"
+    ),
+    Case(
+        "data: missing file by --dataset_name",
+        "reward",
+        ("--dataset_name", "{tmp}/missing.jsonl", *NEW_OUT),
+        "error: {tmp}/missing.jsonl: no such file",
+    ),
+    Case(
+        "data: bad row in a .jsonl.gz",
+        "sft",
+        ("--dataset_name", "{tmp}/bad.jsonl.gz", *NEW_OUT),
+        "bad.jsonl.gz, row 2, field 'response_k': missing field",
+        RUN,
+        {"bad.jsonl.gz": gzip.compress((pair() + json.dumps({"question": "Q?", "response_j": "A."}) + "\n").encode())},
+    ),
+    Case(
+        "data: unknown split",
+        "sft",
+        ("--dataset_name", "{tmp}/prefs", "--dataset_split", "dev", *NEW_OUT),
+        "{tmp}/prefs: no split 'dev'; it has train, test",
+        RUN,
+        setup=data_folder("prefs", {"train.jsonl": GOOD_DATA, "test.jsonl": GOOD_DATA}),
+    ),
+    Case(
+        "data: dataset_config for a single file",
+        "sft",
+        (*DATA, "--dataset_config", "data/rl", *NEW_OUT),
+        "--dataset_config data/rl: {tmp}/data.jsonl is a single file; give the file to read as --dataset_name",
     ),
     Case(
         "data: bad JSON row",

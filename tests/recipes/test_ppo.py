@@ -15,6 +15,7 @@ from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards import RewardError
 from stackrlhf.trainer.checkpointing import checkpoint_dirs, resolve_checkpoint
 from stackrlhf.trainer.reporting import STATS_FILE, SUMMARY_FILE, read_stats
+from tests.trainer.rollout_ratio import check_recipe_rollouts
 
 QUICK = [
     "--model_name_or_path", TINY_MODEL,
@@ -41,13 +42,22 @@ def test_shared_base_run_writes_every_output(tmp_path, reward_dirs):
     records = read_stats(out / STATS_FILE)
     assert [r["step"] for r in records] == [0, 1, 2] and all(r["samples"] == 4 for r in records)
     assert all(math.isfinite(r["objective/kl"]) for r in records)
-    assert (out / "adapter_model.safetensors").is_file() and (out / "pytorch_model.bin").is_file()
+    assert (out / "adapter_model.safetensors").is_file() and (out / "model.safetensors").is_file()
     assert (out / "plots" / "training.png").stat().st_size > 10_000
     samples = json.loads((out / "samples.json").read_text())
     assert len(samples["before"]) == len(samples["after"]) == 2
     roles = summary["memory_bytes"]
     assert roles["reward adapter + head"] > 0 and roles["policy adapter"] > 0
     assert roles["base (shared)"] > 5 * roles["policy adapter"]
+
+
+def test_every_rollout_comes_from_the_policy_its_step_scores(tmp_path, reward_dirs, monkeypatch):
+    """Before each step's update the PPO ratio π_old / π_sampling is 1 at every sampled token, also after earlier
+    updates left the policy in training mode (0.11.4 then sampled with LoRA dropout on: ratios off by nats)."""
+    trainers = check_recipe_rollouts(monkeypatch, ppo)
+    args = [*QUICK, "--lora_dropout", "0.5", "--reward_adapter", str(reward_dirs["adapter"])]
+    run([*args, "--output_dir", str(tmp_path / "run")])
+    assert len(trainers[0].log_ratios) == 3 and max(trainers[0].log_ratios) < 1e-4
 
 
 def test_separate_reward_model_with_an_8bit_base(tmp_path, reward_dirs):
@@ -103,8 +113,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, reward_dirs):
     assert expected.keys() == resumed.keys()
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0)
-    v_expected = torch.load(full / "pytorch_model.bin", weights_only=True)
-    v_resumed = torch.load(cut / "pytorch_model.bin", weights_only=True)
+    v_expected, v_resumed = load_file(full / "model.safetensors"), load_file(cut / "model.safetensors")
     for key in v_expected:
         torch.testing.assert_close(v_resumed[key], v_expected[key], rtol=0, atol=0)
     assert [p.name for p in checkpoint_dirs(cut)] == ["checkpoint-2", "checkpoint-4"]

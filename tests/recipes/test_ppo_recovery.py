@@ -45,11 +45,8 @@ def staged(directory):
 
 
 def assert_same_policy(resumed, expected):
-    for name in ("adapter_model.safetensors", "pytorch_model.bin"):
-        if name.endswith(".bin"):
-            want, got = (torch.load(d / name, weights_only=True) for d in (expected, resumed))
-        else:
-            want, got = load_file(expected / name), load_file(resumed / name)
+    for name in ("adapter_model.safetensors", "model.safetensors"):
+        want, got = load_file(expected / name), load_file(resumed / name)
         assert want.keys() == got.keys()
         for key in want:
             torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=f"{name}: {key}")

@@ -12,6 +12,7 @@ from stackrlhf.recipes import sentiment
 from stackrlhf.recipes.runner import parse_args
 from stackrlhf.rewards import VaderSentimentReward
 from stackrlhf.trainer.reporting import STATS_FILE, read_stats
+from tests.trainer.rollout_ratio import check_recipe_rollouts
 
 QUICK = [
     "--steps", "16", "--batch_size", "8", "--mini_batch_size", "4", "--ppo_epochs", "1",
@@ -49,6 +50,13 @@ def test_offline_run_saves_samples_before_and_after(tmp_path):
     samples = json.loads((out / "samples.json").read_text())
     assert [s["query"] for s in samples["before"]] == bundled_openings()[:2]
     assert all(-1.0 <= s["reward"] <= 1.0 for s in samples["after"])
+
+
+def test_every_rollout_comes_from_the_policy_its_step_scores(tmp_path, monkeypatch):
+    """As for the PPO recipe: the ratio π_old / π_sampling of each step's rollout is 1 before its update."""
+    trainers = check_recipe_rollouts(monkeypatch, sentiment)
+    run([*QUICK, "--lora_dropout", "0.5", "--output_dir", str(tmp_path / "run")])
+    assert len(trainers[0].log_ratios) == 2 and max(trainers[0].log_ratios) < 1e-4
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,8 @@
 """The recipes under DeepSpeed ZeRO-2 and ZeRO-3, launched as users launch them (`accelerate launch --config_file
-stackrlhf/configs/accelerate/deepspeed_zero{2,3}.yaml`), on DeepSpeed's CPU accelerator with one process: each saves
-a final policy laid out as without DeepSpeed, writes a checkpoint and resumes from it; a precision that differs from
-the recipe's is one line."""
+stackrlhf/configs/accelerate/deepspeed_zero{2,3}.yaml`), on DeepSpeed's CPU accelerator: with one process each saves
+a final policy laid out as without DeepSpeed, writes a checkpoint and resumes from it; two processes (gloo) train one
+run, ZeRO-3 gathering the sharded weights to generate and save; a precision that differs from the recipe's is one
+line."""
 
 import json
 import os
@@ -30,11 +31,12 @@ STACKLLAMA = ["--model_name_or_path", "stackrlhf/stories260K", "--max_prompt_len
               "--eval_samples", "10"]  # fmt: skip
 
 
-def launch(config, recipe, *args, check=True, launcher=()):
+def launch(config, recipe, *args, check=True, launcher=(), processes=1):
     """`accelerate launch` a recipe with DeepSpeed on the CPU; returns the finished process."""
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     env.pop("ACCELERATE_USE_CPU", None)  # accelerate would drop DeepSpeed for its plain CPU mode
-    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", "1", *launcher]
+    command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--num_processes", str(processes)]
+    command += [*launcher, "--main_process_port", "0"] if processes > 1 else list(launcher)
     command += ["--config_file", str(CONFIG_DIR / "accelerate" / f"{config}.yaml"), f"recipes/{recipe}", *args]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     if check:
@@ -45,9 +47,9 @@ def launch(config, recipe, *args, check=True, launcher=()):
 def assert_peft_policy(directory):
     """An adapter and a 65-number value head, as a run without DeepSpeed saves them (no DeepSpeed flat buffer)."""
     assert any(key.endswith("lora_B.weight") for key in load_file(directory / "adapter_model.safetensors"))
-    value_head = torch.load(directory / "pytorch_model.bin", weights_only=True)
+    value_head = load_file(directory / "model.safetensors")
     assert sum(tensor.numel() for tensor in value_head.values()) == 65
-    assert (directory / "pytorch_model.bin").stat().st_size < 4096
+    assert (directory / "model.safetensors").stat().st_size < 4096
 
 
 def resume_ppo(config, recipe, full, tmp_path, *args):
@@ -101,3 +103,20 @@ def test_a_precision_the_recipe_does_not_use_is_one_line(tmp_path):
         "error: the accelerate config runs DeepSpeed in mixed_precision 'bf16', but the SFT recipe trains in 'no'"
     )
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize("config", STAGES)
+def test_two_cpu_processes_train_one_run(config, reward_dirs, tmp_path):
+    ppo_out, sft_out = tmp_path / "ppo", tmp_path / "sft"
+    args = [*PPO, *STACKLLAMA, "--reward_adapter", str(reward_dirs["adapter"]), "--output_dir", str(ppo_out)]
+    result = launch(config, "ppo_stackllama.py", *args, processes=2)
+    assert result.stdout.count("PPO done") == 1
+    assert_peft_policy(ppo_out)
+    records = [json.loads(line) for line in (ppo_out / "stats.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(record["samples"] == 4 for record in records)  # 2 prompts x 2 processes
+    state = json.loads((ppo_out / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and (ppo_out / "checkpoint-1" / "optimizer_1.safetensors").is_file()
+
+    launch(config, "sft_stackllama.py", *TRAINER, "--output_dir", str(sft_out), processes=2)
+    assert json.loads((sft_out / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+    assert any(key.endswith("lora_B.weight") for key in load_file(sft_out / "adapter_model.safetensors"))

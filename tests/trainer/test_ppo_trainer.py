@@ -1,9 +1,10 @@
 import shutil
+import warnings
 
 import pytest
 import torch
 from peft import LoraConfig
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LogitsProcessorList
 
 from stackrlhf import (
     AutoModelForCausalLMWithValueHead,
@@ -14,6 +15,7 @@ from stackrlhf import (
     respond_to_batch,
 )
 from stackrlhf.models.bundled import TINY_MODEL, resolve_model_name_or_path
+from tests.trainer.rollout_ratio import SamplingLogprobs, max_log_ratio
 
 
 @pytest.fixture
@@ -137,3 +139,41 @@ def test_reference_response_of_a_peft_policy_comes_from_the_base(tiny_model_dir)
         base = trainer.model.generate(input_ids=query.unsqueeze(0), **greedy)
     assert torch.equal(ref_response, base)
     assert not torch.equal(response, ref_response)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_rollouts_come_from_the_policy_the_step_scores(tiny_model_dir, mode):
+    """Before any update the PPO ratio π_old / π_sampling is 1 at every sampled token, whatever mode the last
+    mini-batch left the policy in (`train_minibatch` leaves it training: LoRA dropout on). 0.11.4 sampled with the
+    dropout on, so its ratio was off by nats on some tokens."""
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer, tokenizer = _trainer(batch_size=3, peft_config=lora)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))  # an adapter that matters
+    queries, _ = _rollout(tokenizer)
+    queries.append(tokenizer.encode("The dog", return_tensors="pt")[0])  # three lengths: left padding
+    trainer.model.train(mode == "train")
+    sampling = SamplingLogprobs()
+    torch.manual_seed(0)
+    responses = trainer.generate(
+        queries, batch_size=3, return_prompt=False, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=8,
+        pad_token_id=tokenizer.pad_token_id, logits_processor=LogitsProcessorList([sampling]),
+    )  # fmt: skip
+    assert trainer.model.training == (mode == "train")  # generate restores the mode
+    assert max_log_ratio(trainer, queries, responses, sampling) < 1e-4
+    trainer.optimizer.param_groups[0]["lr"] = 0.0  # weights unchanged: every mini-batch's ratio π / π_old is 1
+    stats = trainer.step(queries, responses, [torch.tensor(1.0), torch.tensor(0.0), torch.tensor(-1.0)])
+    assert stats["ppo/policy/approxkl"] == pytest.approx(0.0, abs=1e-10)
+    assert stats["ppo/policy/clipfrac"] == 0.0
+
+
+def test_no_dataset_warns_only_while_batch_size_is_the_default():
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(TINY_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name_or_path(TINY_MODEL))
+    with pytest.warns(UserWarning, match="No dataset is provided"):
+        PPOTrainer(PPOConfig(), model, None, tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a batch size the caller chose needs no reminder
+        PPOTrainer(PPOConfig(batch_size=8, mini_batch_size=2), model, None, tokenizer)
