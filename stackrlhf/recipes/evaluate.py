@@ -153,8 +153,9 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
     )
 
     _, eval_pairs = load_splits(data_args)
-    prompts = prompts_within(to_prompt_dataset(eval_pairs)["query"], tokenizer, args.max_prompt_length)
-    prompts = prompts[: args.num_prompts]
+    held_out = to_prompt_dataset(eval_pairs)["query"]
+    fitting = prompts_within(held_out, tokenizer, args.max_prompt_length)
+    prompts = fitting[: args.num_prompts]
     if not prompts:
         raise ConfigError(f"no held-out prompt is at most {args.max_prompt_length} tokens; raise --max_prompt_length.")
     lm = model.pretrained_model.eval()
@@ -177,6 +178,8 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
         "reward_adapter": reward_adapter,
         "reward_model": reward_model,
         "num_prompts": len(prompts),
+        "held_out_prompts": len(held_out),
+        "prompts_too_long": len(held_out) - len(fitting),
         "num_comparisons": len(queries),
         "policy_mean_reward": float(rewards["policy"].mean()),
         "reference_mean_reward": float(rewards["reference"].mean()),
@@ -197,6 +200,12 @@ def evaluate_policy(args: EvaluateArguments, data_args: DataArguments) -> dict[s
 def main(eval_args: EvaluateArguments, data_args: DataArguments) -> dict[str, Any]:
     """Entry point of `recipes/evaluate_policy.py` and `stackrlhf evaluate`."""
     report = evaluate_policy(eval_args, data_args)
+    if report["num_prompts"] < eval_args.num_prompts:  # say why fewer prompts than asked
+        print(
+            f"--num_prompts {eval_args.num_prompts}: evaluating {report['num_prompts']}, all there are: of the "
+            f"{report['held_out_prompts']} held-out prompts (--eval_samples), {report['prompts_too_long']} are longer "
+            f"than --max_prompt_length {eval_args.max_prompt_length} tokens."
+        )
     print(
         f"{report['num_prompts']} held-out prompts x {eval_args.samples_per_prompt} samples: mean reward policy "
         f"{report['policy_mean_reward']:.4f}, reference "

@@ -65,3 +65,15 @@ def test_one_sample_per_prompt_compares_each_prompt_once(policy_dir, tmp_path):
 def test_a_directory_without_an_adapter_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a PPO output directory"):
         run(["--policy_path", str(tmp_path), *EVAL])
+
+
+def test_fewer_prompts_than_asked_says_why(policy_dir, tmp_path, capsys):
+    args = ["--policy_path", str(policy_dir), *EVAL, "--num_prompts", "200", "--samples_per_prompt", "1",
+            "--output_file", str(tmp_path / "all.json")]  # fmt: skip
+    report = evaluate.main(*parse_args(evaluate.make_parser(), args)[:2])
+    assert report["held_out_prompts"] == 60 and report["num_prompts"] == 60 - report["prompts_too_long"] < 200
+    expected = (
+        f"--num_prompts 200: evaluating {report['num_prompts']}, all there are: of the 60 held-out prompts "
+        f"(--eval_samples), {report['prompts_too_long']} are longer than --max_prompt_length 64 tokens."
+    )
+    assert expected in capsys.readouterr().out

@@ -22,6 +22,7 @@ QUICK = [
     "--ppo_epochs", "1", "--output_min_length", "4", "--output_max_length", "10", "--max_prompt_length", "64",
     "--max_samples", "300", "--eval_samples", "40", "--num_sample_prompts", "2", "--sample_max_new_tokens", "8",
     "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--save_steps", "2",
+    "--use_score_scaling", "false", "--use_score_norm", "false",  # raw scores: ppo/mean_scores is their mean
 ]  # fmt: skip
 
 
