@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from stackrlhf.cache import BrokenEntry, check_adapter, check_model, ensure_entry
 from stackrlhf.configs import resolve_config
@@ -26,7 +30,7 @@ from stackrlhf.models.bundled import cache_root
 from stackrlhf.recipes import RECIPE_HELP, merge, reward, sft
 from stackrlhf.recipes.runner import parse_config, recipe_parser
 
-PIPELINE_VERSION = "v2"
+PIPELINE_VERSION = "v3"  # v3: stages train with STAGE_THREADS threads
 SFT_CONFIG = "tiny/sft"
 REWARD_CONFIG = "tiny/reward"
 
@@ -69,35 +73,61 @@ def offline_stages(cache: Path | None = None) -> StageOutputs:
     """
     cache = cache or pipeline_cache()
     outputs = StageOutputs(cache / "sft", cache / "sft-merged", cache / "reward")
-    ensure_entry(outputs.sft_adapter, build_sft, check=check_adapter, what="SFT stage")
+    ensure_entry(outputs.sft_adapter, build_sft, str(outputs.sft_adapter), check=check_adapter, what="SFT stage")
     ensure_entry(outputs.sft_merged, build_merged, str(outputs.sft_adapter), check=check_model, what="merge stage")
     ensure_entry(
-        outputs.reward_adapter, build_reward, str(outputs.sft_merged), check=check_reward_adapter, what="reward stage"
+        outputs.reward_adapter,
+        build_reward,
+        str(outputs.sft_merged),
+        str(outputs.reward_adapter),
+        check=check_reward_adapter,
+        what="reward stage",
     )
     return outputs
 
 
-def build_sft(directory: Path) -> None:
-    """The SFT stage: the SFT recipe with `SFT_CONFIG`, into `directory`."""
-    _run_into(directory, lambda out: sft.main(*parse_config(sft.make_parser(), SFT_CONFIG, output_dir=out)))
+STAGE_THREADS = 1
+"""torch threads every stage trains with, whatever the calling run's: a thread count changes the order of float sums
+and so the trained weights, and the cache key cannot see it; one thread is also the fastest for the tiny model."""
+
+
+@contextmanager
+def stage_threads() -> Iterator[None]:
+    """Run the block with `STAGE_THREADS` torch threads, then restore the caller's count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(STAGE_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def build_sft(directory: Path, final: str) -> None:
+    """The SFT stage: the SFT recipe with `SFT_CONFIG`, into `directory` (which becomes `final`)."""
+    summary = _run_into(
+        directory, lambda out: sft.train_sft(*parse_config(sft.make_parser(), SFT_CONFIG, output_dir=out))
+    )
+    print(f"SFT stage: held-out loss {summary['eval_loss']:.3f}; cached in {final}")
 
 
 def build_merged(directory: Path, sft_adapter: str) -> None:
     """The merge stage: `sft_adapter` merged into its base, into `directory`."""
     _run_into(
         directory,
-        lambda out: merge.main(*parse_config(merge.make_parser(), adapter_path=sft_adapter, output_dir=out)),
+        lambda out: merge.merge_adapter(*parse_config(merge.make_parser(), adapter_path=sft_adapter, output_dir=out)),
     )
 
 
-def build_reward(directory: Path, sft_merged: str) -> None:
-    """The reward stage: the reward recipe with `REWARD_CONFIG` on the merged SFT model, into `directory`."""
-    _run_into(
+def build_reward(directory: Path, sft_merged: str, final: str) -> None:
+    """The reward stage: the reward recipe with `REWARD_CONFIG` on the merged SFT model, into `directory` (which
+    becomes `final`)."""
+    summary = _run_into(
         directory,
-        lambda out: reward.main(
+        lambda out: reward.train_reward_model(
             *parse_config(reward.make_parser(), REWARD_CONFIG, model_name_or_path=sft_merged, output_dir=out)
         ),
     )
+    print(f"reward stage: held-out pairwise accuracy {summary['eval_accuracy']:.3f}; cached in {final}")
 
 
 def check_reward_adapter(directory: Path) -> None:
@@ -106,12 +136,15 @@ def check_reward_adapter(directory: Path) -> None:
         raise BrokenEntry("adapter_model.safetensors has no score head")
 
 
-def _run_into(directory: Path, run: Callable[[str], object]) -> None:
+def _run_into(directory: Path, run: Callable[[str], Any]) -> Any:
+    """`run(output_dir)` with `STAGE_THREADS` threads, its outputs moved into `directory`; returns what it returned."""
     target = directory / "out"  # merge wants a directory that does not exist yet
-    run(str(target))
+    with stage_threads():
+        result = run(str(target))
     for item in target.iterdir():
         item.rename(directory / item.name)
     target.rmdir()
+    return result
 
 
 def main(stages_args: StagesArguments) -> StageOutputs:

@@ -44,28 +44,39 @@ def fake_recipes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """The three recipes replaced by writers of their outputs' files; returns (stage, its input) per run."""
     runs: list[tuple[str, str]] = []
 
-    def sft(data_args, training_args, model_args) -> None:
+    def sft(data_args, training_args, model_args) -> dict:
         runs.append(("sft", model_args.model_name_or_path))
+        assert torch.get_num_threads() == stages.STAGE_THREADS  # whatever the caller's thread count
         _write_adapter(
             Path(training_args.output_dir), "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
         )
+        return {"eval_loss": 2.5}
 
     def merge(merge_args) -> None:
         runs.append(("merge", merge_args.adapter_path))
         _write_model(Path(merge_args.output_dir))
 
-    def reward(data_args, training_args, model_args) -> None:
+    def reward(data_args, training_args, model_args) -> dict:
         runs.append(("reward", model_args.model_name_or_path))
         _write_adapter(Path(training_args.output_dir), "base_model.model.score.weight")
+        return {"eval_accuracy": 0.75}
 
-    monkeypatch.setattr(stages.sft, "main", sft)
-    monkeypatch.setattr(stages.merge, "main", merge)
-    monkeypatch.setattr(stages.reward, "main", reward)
+    monkeypatch.setattr(stages.sft, "train_sft", sft)
+    monkeypatch.setattr(stages.merge, "merge_adapter", merge)
+    monkeypatch.setattr(stages.reward, "train_reward_model", reward)
     return runs
 
 
-def test_stages_are_built_once_in_order_then_reused(tmp_path: Path, fake_recipes: list[tuple[str, str]]) -> None:
+def test_stages_are_built_once_in_order_then_reused(
+    tmp_path: Path, fake_recipes: list[tuple[str, str]], capsys
+) -> None:
+    threads = torch.get_num_threads()
     outputs = offline_stages(tmp_path / "pipeline")
+    assert torch.get_num_threads() == threads  # the caller's count is back
+    printed = capsys.readouterr().out  # one line per trained stage, naming where it is cached, not where it was built
+    assert f"SFT stage: held-out loss 2.500; cached in {outputs.sft_adapter}" in printed
+    assert f"reward stage: held-out pairwise accuracy 0.750; cached in {outputs.reward_adapter}" in printed
+    assert ".tmp" not in printed
     assert outputs == StageOutputs(*(tmp_path / "pipeline" / name for name in ("sft", "sft-merged", "reward")))
     assert fake_recipes == [
         ("sft", "stackrlhf/stories260K"),
